@@ -1,0 +1,111 @@
+"""Metric sinks for training runs: a three-method protocol, console and CSV implementations.
+
+MLflow lives in `hetero_lr.tracking`; `train` only ever sees this protocol.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Logger(Protocol):
+    """Where a run's parameters and metrics go."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record the run's resolved settings once."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Record scalar metrics at an agent step."""
+
+    def close(self) -> None:
+        """Flush and release resources."""
+
+
+class NullLogger:
+    """Drops everything."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class CSVLogger:
+    """Appends metrics as long-format rows `step,key,value` to `metrics.csv` in a folder.
+
+    Long format keeps the file valid when later rows bring new keys, and appending keeps a
+    resumed run's history in one file.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / "metrics.csv"
+        new = not path.exists()
+        self._file = path.open("a", newline="")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(["step", "key", "value"])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        with (self.folder / "params.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["key", "value"])
+            writer.writerows(sorted(params.items()))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._writer.writerows([step, k, v] for k, v in metrics.items())
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ConsoleLogger:
+    """Prints evaluation metrics (keys under `eval/`) as one line each."""
+
+    def __init__(self, prefix: str = "eval/") -> None:
+        self.prefix = prefix
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        shown = {k: v for k, v in metrics.items() if k.startswith(self.prefix)}
+        if shown:
+            body = "  ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+            print(f"step {step:>9,d}  {body}", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class MultiLogger:
+    """Fans every call out to several loggers."""
+
+    def __init__(self, loggers: Sequence[Logger]) -> None:
+        self.loggers = list(loggers)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
