@@ -173,8 +173,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Dopamine's Rainbow (`rainbow.gin`): C51 with 51 atoms in [-10, 10], 3-step returns,
     # prioritised replay (priority^0.5, fixed beta 0.5), Adam 6.25e-5 / eps 1.5e-4.
     "rainbow": {
-        "agent": {"categorical": True, "n_step": 3, "prioritized": True, "double": True,
-                  "dueling": True},
+        "agent": {
+            "categorical": True,
+            "n_step": 3,
+            "prioritized": True,
+            "double": True,
+            "dueling": True,
+        },
         "target": {"loss": "cross_entropy"},
     },
     # Data-efficient Rainbow for Atari 100k (van Hasselt et al. 2019; Dopamine
@@ -182,9 +187,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # returns, an update every step after 1,600 steps, target every 2,000 updates, Adam 1e-4.
     "der": {
         "env": {"sticky_actions": 0.0, "terminal_on_life_loss": True, "num_envs": 1},
-        "agent": {"categorical": True, "dueling": True, "double": True, "n_step": 10,
-                  "prioritized": True, "lr": 1e-4, "adam_eps": 1.5e-4, "train_freq": 1,
-                  "learning_starts": 1_600, "epsilon_decay_steps": 2_000, "buffer_size": 100_000},
+        "agent": {
+            "categorical": True,
+            "dueling": True,
+            "double": True,
+            "n_step": 10,
+            "prioritized": True,
+            "lr": 1e-4,
+            "adam_eps": 1.5e-4,
+            "train_freq": 1,
+            "learning_starts": 1_600,
+            "epsilon_decay_steps": 2_000,
+            "buffer_size": 100_000,
+        },
         "target": {"period": 2_000, "loss": "cross_entropy"},
         "steps": 100_000,
         "eval_every": 100_000,
@@ -195,9 +210,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # RMSProp 2.5e-4 in the paper (Adam here), MSE-like Huber, 5M frames per run.
     "minatar": {
         "env": {"id": "MinAtar/Breakout-v1", "num_envs": 1},
-        "agent": {"buffer_size": 100_000, "learning_starts": 5_000, "train_freq": 1,
-                  "epsilon_end": 0.1, "epsilon_decay_steps": 100_000, "lr": 2.5e-4,
-                  "adam_eps": 3.125e-4},
+        "agent": {
+            "buffer_size": 100_000,
+            "learning_starts": 5_000,
+            "train_freq": 1,
+            "epsilon_end": 0.1,
+            "epsilon_decay_steps": 100_000,
+            "lr": 2.5e-4,
+            "adam_eps": 3.125e-4,
+        },
         "target": {"period": 1_000},
         "pair": "minatar:minatar",
         "steps": 1_000_000,

@@ -162,8 +162,11 @@ class Replicate(TargetUpdate):
             with _mode(pair.target, False), torch.no_grad():
                 after = pair.replicate_loss_from(pair.target(obs), out_online, actions).item()
         self.replicate_steps += n
-        return {"replicate_steps": n, "replicate_loss_before": before,
-                "replicate_loss_after": after}
+        return {
+            "replicate_steps": n,
+            "replicate_loss_before": before,
+            "replicate_loss_after": after,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -179,9 +182,11 @@ class Replicate(TargetUpdate):
             self.optimizer.load_state_dict(state["optimizer"])
 
     def __repr__(self) -> str:
-        return (f"Replicate(kr={self.kr}, kl={self.kl}, lr={self.lr}, variant={self.variant!r}, "
-                f"loss={self.loss!r}, schedule={self.schedule!r}, "
-                f"optimizer={self.optimizer_name!r})")
+        return (
+            f"Replicate(kr={self.kr}, kl={self.kl}, lr={self.lr}, variant={self.variant!r}, "
+            f"loss={self.loss!r}, schedule={self.schedule!r}, "
+            f"optimizer={self.optimizer_name!r})"
+        )
 
 
 class _ParameterSpaceUpdate(TargetUpdate):
@@ -190,8 +195,10 @@ class _ParameterSpaceUpdate(TargetUpdate):
     def bind(self, online: nn.Module, target: nn.Module) -> None:
         online_state, target_state = online.state_dict(), target.state_dict()
         mismatch = [
-            k for k in online_state.keys() | target_state.keys()
-            if k not in online_state or k not in target_state
+            k
+            for k in online_state.keys() | target_state.keys()
+            if k not in online_state
+            or k not in target_state
             or online_state[k].shape != target_state[k].shape
         ]
         if mismatch:
@@ -306,14 +313,17 @@ class HeteroPair(nn.Module):
         if (support_online is None) != (support_target is None) or (
             support_online is not None and not torch.equal(support_online, support_target)
         ):
-            raise ValueError("online and target must both be scalar, or categorical with "
-                             "the same support")
+            raise ValueError(
+                "online and target must both be scalar, or categorical with the same support"
+            )
         if example_obs is not None:
             with torch.no_grad(), _mode(online, False), _mode(target, False):
                 shapes = tuple(online(example_obs).shape), tuple(target(example_obs).shape)
             if shapes[0] != shapes[1]:
-                raise ValueError(f"online outputs {shapes[0]} but target outputs {shapes[1]} "
-                                 "for the same observations")
+                raise ValueError(
+                    f"online outputs {shapes[0]} but target outputs {shapes[1]} "
+                    "for the same observations"
+                )
         update.bind(online, target)
 
     @property
@@ -383,7 +393,7 @@ class HeteroPair(nn.Module):
 
     @torch.no_grad()
     def function_gap(self, obs: Tensor) -> float:
-        """Mean over states and actions of `(Q_target - Q_online)^2` (expected values), eval mode."""
+        """Mean over states and actions of `(Q_target - Q_online)^2` (expected Q), eval mode."""
         with _mode(self.online, False), _mode(self.target, False):
             q_online = expected_q(self.online(obs), self.support)
             q_target = expected_q(self.target(obs), self.support)
@@ -424,8 +434,10 @@ def _check_no_shared_storage(online: nn.Module, target: nn.Module) -> None:
     shared = storages(online).keys() & storages(target).keys()
     if shared:
         name = storages(online)[next(iter(shared))]
-        raise ValueError(f"online and target share storage (e.g. {name!r}); "
-                         "pass two separate networks (copy.deepcopy the online one)")
+        raise ValueError(
+            f"online and target share storage (e.g. {name!r}); "
+            "pass two separate networks (copy.deepcopy the online one)"
+        )
 
 
 __all__ = ["HardCopy", "HeteroPair", "Polyak", "Replicate", "Sample", "TargetUpdate"]

@@ -103,9 +103,23 @@ def test_register_and_list(monkeypatch):
 
 def test_networks_cli_prints_every_family():
     out = subprocess.run(
-        [sys.executable, "-m", "hetero_lr.networks", "--obs-shape", "4,10,10", "--actions", "3",
-         "--batch", "4", "--timm", "test_resnet"],
-        capture_output=True, text=True, check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "hetero_lr.networks",
+            "--obs-shape",
+            "4,10,10",
+            "--actions",
+            "3",
+            "--batch",
+            "4",
+            "--timm",
+            "test_resnet",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     ).stdout
     for name in ("nature", "impala", "minatar", "timm/test_resnet"):
         assert name in out

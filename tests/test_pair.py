@@ -42,8 +42,7 @@ def test_replicate_closes_the_gap_between_different_families():
     torch.manual_seed(0)
     online = build_network("impala", SHAPE, 6, width=0.25, hidden=32)
     target = build_network("nature", SHAPE, 6, hidden=32)
-    pair = HeteroPair(online, target, Replicate(kr=1, kl=1, lr=2e-3),
-                      example_obs=_frames(2, 0))
+    pair = HeteroPair(online, target, Replicate(kr=1, kl=1, lr=2e-3), example_obs=_frames(2, 0))
     online_before = copy.deepcopy(online.state_dict())
     train, held_out = _frames(256, 1), _frames(128, 2)
     gap_before = pair.function_gap(held_out)
@@ -108,7 +107,7 @@ def test_replicate_steps_per_online_step_match_kr_over_kl(kr, kl, schedule):
     expected_total = (calls // kl) * kr if schedule == "block" else calls * kr // kl
     assert sum(per_call) == expected_total == rule.replicate_steps
     assert rule.online_steps == calls
-    window_sums = [sum(per_call[i:i + kl]) for i in range(0, kl * 60, kl)]
+    window_sums = [sum(per_call[i : i + kl]) for i in range(0, kl * 60, kl)]
     assert window_sums == [kr] * 60  # exactly KR per KL online steps, window after window
     if schedule == "block":
         assert per_call[:kl] == [0] * (kl - 1) + [kr]
@@ -263,8 +262,11 @@ def test_markov_chain_lookahead_replicate_converges_to_true_values():
     # Orthonormal rows: both maps span R^5, so v_true is representable by either network.
     features_online = torch.linalg.qr(torch.randn(5, 5).double())[0]
     features_target = torch.linalg.qr(torch.randn(8, 8).double())[0][:n_states]
-    pair = HeteroPair(_LinearValue(features_online), _LinearValue(features_target),
-                      Replicate(kr=4, kl=2, lr=1.0, optimizer="sgd"))
+    pair = HeteroPair(
+        _LinearValue(features_online),
+        _LinearValue(features_target),
+        Replicate(kr=4, kl=2, lr=1.0, optimizer="sgd"),
+    )
     optimizer = torch.optim.SGD(pair.online.parameters(), lr=1.0)
     states, actions = identity, torch.zeros(n_states, dtype=torch.long)
     for _ in range(1500):

@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--obs-shape", default="4,84,84", help="observation shape, e.g. 4,84,84")
     parser.add_argument("--actions", type=int, default=18, help="number of actions")
     parser.add_argument("--batch", type=int, default=32, help="batch size of the timed forward")
-    parser.add_argument("--timm", nargs="*", default=list(DEFAULT_TIMM),
-                        help="timm models to include")
+    parser.add_argument(
+        "--timm", nargs="*", default=list(DEFAULT_TIMM), help="timm models to include"
+    )
     args = parser.parse_args(argv)
     try:
         shape = tuple(int(d) for d in args.obs_shape.split(","))
@@ -36,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--obs-shape {args.obs_shape!r} is not comma-separated integers")
     specs = list_networks("[!t]*") + [f"timm/{name}" for name in args.timm]
     obs = torch.zeros(args.batch, *shape, dtype=torch.uint8 if len(shape) == 3 else torch.float32)
-    print(f"obs shape {shape}, {args.actions} actions, forward at batch {args.batch}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"obs shape {shape}, {args.actions} actions, forward at batch {args.batch}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'network':<28} {'params':>12} {'forward ms':>11}")
     for spec in specs:
         try:
