@@ -10,6 +10,7 @@ from hetero_lr.networks._registry import (
     check_spec,
     is_network,
     list_networks,
+    parse_pair,
     register_network,
 )
 from hetero_lr.networks.heads import QNetwork
@@ -20,5 +21,6 @@ __all__ = [
     "check_spec",
     "is_network",
     "list_networks",
+    "parse_pair",
     "register_network",
 ]

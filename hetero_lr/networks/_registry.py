@@ -147,3 +147,17 @@ def build_network(
     head_module = HEADS[head](num_features, n_actions, num_atoms if categorical else 1)
     support = torch.linspace(v_min, v_max, num_atoms) if categorical else None
     return QNetwork(encoder, head_module, spec=spec, obs_shape=obs_shape, support=support)
+
+
+def parse_pair(pair: str) -> tuple[str, str]:
+    """Split `ONLINE:TARGET` (e.g. `impala:timm/resnet18`) and check both names.
+
+    Raises:
+        ValueError: not exactly one `:`, an empty side, or an unknown network.
+    """
+    parts = pair.split(":")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"bad pair {pair!r}: expected ONLINE:TARGET, e.g. impala:nature")
+    for spec in parts:
+        check_spec(spec)
+    return parts[0], parts[1]
