@@ -149,6 +149,8 @@ class TrainConfig:
     """Episodes per evaluation."""
     eval_max_steps: int = 27_000
     """Cap on agent steps per evaluation episode (108,000 frames / 4)."""
+    log_every: int = 1_000
+    """Agent steps between rows of averaged training metrics."""
     checkpoint_every: int = 50_000
     """Agent steps between checkpoints (when an output folder is set); 0 disables."""
     device: str = "auto"
@@ -207,9 +209,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # MinAtar (Young & Tian 2019, `examples/dqn.py`): batch 32, replay 100k, warm-up 5,000,
     # an update every step, target every 1,000, epsilon 1 -> 0.1 over 100k steps, gamma 0.99,
-    # RMSProp 2.5e-4 in the paper (Adam here), MSE-like Huber, 5M frames per run.
+    # sticky actions 0.1 (MinAtar's default); RMSProp 2.5e-4 in the paper, Adam here.
     "minatar": {
-        "env": {"id": "MinAtar/Breakout-v1", "num_envs": 1},
+        "env": {"id": "MinAtar/Breakout-v1", "num_envs": 1, "sticky_actions": 0.1},
         "agent": {
             "buffer_size": 100_000,
             "learning_starts": 5_000,
@@ -223,6 +225,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pair": "minatar:minatar",
         "steps": 1_000_000,
         "eval_every": 50_000,
+    },
+    # CartPole / Acrobot for quick checks, after CleanRL `dqn.py` (Adam 2.5e-4, batch 128,
+    # target every 500 steps, epsilon to 0.05) compressed to a 50k-step budget: an update every
+    # step from 1,000 steps on and a faster learning rate. Ours, tuned on CartPole-v1.
+    "cartpole": {
+        "env": {"id": "CartPole-v1", "num_envs": 1, "clip_rewards": False},
+        "pair": "mlp:mlp",
+        "agent": {
+            "buffer_size": 50_000,
+            "learning_starts": 1_000,
+            "train_freq": 1,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "adam_eps": 1e-8,
+            "loss": "mse",
+            "epsilon_end": 0.05,
+            "epsilon_decay_steps": 10_000,
+            "double": True,
+        },
+        "target": {"period": 500, "kr": 1, "kl": 1, "lr": 1e-3},
+        "steps": 50_000,
+        "eval_every": 5_000,
+        "eval_episodes": 10,
     },
 }
 

@@ -31,7 +31,6 @@ from hetero_lr.replay import ReplayBatch, ReplayMemory
 __all__ = ["DivergenceError", "TrainResult", "main", "train"]
 
 CHECKPOINT = "checkpoint.pt"
-LOG_EVERY = 1_000  # agent steps between training-metric rows
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,7 @@ def train(
     stopped_early = False
     step = state["step"]
     next_eval = (step // cfg.eval_every + 1) * cfg.eval_every
-    next_log = step + LOG_EVERY
+    next_log = step + cfg.log_every
     next_checkpoint = step + cfg.checkpoint_every if cfg.checkpoint_every else None
     last_time, last_step = time.perf_counter(), step
     bar = _progress_bar(cfg.steps, step, enabled=progress)
@@ -247,7 +246,7 @@ def train(
             logger.log_metrics(row, step)
             sums.clear()
             counts.clear()
-            last_time, last_step, next_log = now, step, step + LOG_EVERY
+            last_time, last_step, next_log = now, step, step + cfg.log_every
             bar.set_postfix(
                 sps=f"{row['perf/sps']:.0f}",
                 eps=f"{epsilon:.3f}",

@@ -132,12 +132,11 @@ def build_network(
     options = {k: v for k, v in options.items() if v is not None}
     try:
         encoder = factory(obs_shape, **options)
-    except TypeError as err:
-        raise ValueError(f"bad options {options} for network {spec!r}: {err}") from None
-    try:
         with torch.no_grad():
             num_features = encoder.eval()(torch.zeros(2, *obs_shape)).shape[-1]
         encoder.train()
+    except TypeError as err:
+        raise ValueError(f"bad options {options} for network {spec!r}: {err}") from None
     except (RuntimeError, AssertionError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(

@@ -1,0 +1,44 @@
+"""Packaging: environment.yml, pyproject.toml, README and CI agree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import tomllib
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!\[ ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_environment_yml_names_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    expected = _names(project["dependencies"] + project["optional-dependencies"]["test"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = [r for r in pip if not r.startswith("-e")]
+    assert _names(listed) == expected
+    assert "-e .[test]" in pip
+    # Same version bounds too, not just the same names.
+    assert sorted(listed) == sorted(
+        project["dependencies"] + project["optional-dependencies"]["test"]
+    )
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"<!-- test-command -->\s*```\w*\n(.+?)\n```", readme, re.S).group(1)
+    assert command.strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_pair_example_runs():
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(.+?)\n```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    pair = namespace["pair"]
+    assert pair.update.online_steps == 1 and namespace["metrics"] == {"replicate_steps": 0}

@@ -1,0 +1,265 @@
+"""The learner and the training loop: TD math, reproducibility, resume, CLI errors."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from hetero_lr.agent import Agent, Batch, DivergenceError, build_pair, epsilon_at
+from hetero_lr.config import AgentConfig, TrainConfig, apply_preset, from_dict
+from hetero_lr.loggers import CSVLogger
+from hetero_lr.train import main, train
+
+TINY = {
+    "pair": "mlp:mlp",
+    "online_options": {"hidden": [32]},
+    "target_options": {"hidden": [24, 24]},
+    "env": {"id": "CartPole-v1", "num_envs": 2},
+    "agent": {
+        "learning_starts": 200,
+        "buffer_size": 2_000,
+        "train_freq": 2,
+        "batch_size": 16,
+        "epsilon_decay_steps": 500,
+    },
+    "target": {"kr": 1, "kl": 2},
+    "steps": 800,
+    "eval_every": 400,
+    "eval_episodes": 2,
+    "eval_max_steps": 100,
+    "checkpoint_every": 400,
+    "log_every": 200,
+}
+
+
+def tiny(**overrides) -> TrainConfig:
+    return from_dict(TrainConfig, overrides, base=from_dict(TrainConfig, TINY))
+
+
+def _batch(n: int = 8, *, rewards=None, discounts=None) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    return Batch(
+        obs=torch.randn(n, 4, generator=g),
+        actions=torch.randint(0, 2, (n,), generator=g),
+        rewards=torch.randn(n, generator=g) if rewards is None else rewards,
+        next_obs=torch.randn(n, 4, generator=g),
+        discounts=torch.full((n,), 0.99) if discounts is None else discounts,
+        weights=torch.ones(n),
+    )
+
+
+def _agent(cfg: TrainConfig) -> Agent:
+    pair = build_pair(cfg, (4,), 2)
+    return Agent(pair, cfg.agent, n_actions=2, device=torch.device("cpu"))
+
+
+def test_td_step_matches_the_bellman_target():
+    cfg = tiny(agent={"loss": "mse", "max_grad_norm": None, "double": True})
+    agent = _agent(cfg)
+    batch = _batch()
+    with torch.no_grad():
+        q = agent.pair.online(batch.obs)[torch.arange(8), batch.actions]
+        best = agent.pair.online(batch.next_obs).argmax(1)
+        bootstrap = agent.pair.target(batch.next_obs)[torch.arange(8), best]
+        expected = (q - (batch.rewards + batch.discounts * bootstrap)).square().mean()
+    metrics, priorities = agent.update(batch)
+    assert metrics["loss/td"] == pytest.approx(expected.item(), rel=1e-5)
+    assert priorities.shape == (8,) and (priorities >= 0).all()
+
+
+def test_categorical_step_gives_finite_loss_and_priorities():
+    cfg = from_dict(TrainConfig, {"agent": {"categorical": True, "num_atoms": 11}}, base=tiny())
+    agent = _agent(cfg)
+    metrics, priorities = agent.update(_batch())
+    assert np.isfinite(metrics["loss/td"]) and (priorities > 0).all()
+
+
+def test_hardcopy_same_architecture_is_dqn():
+    """The target changes only through HeteroPair.step: every `period` updates, a copy."""
+    cfg = tiny(target_options={"hidden": [32]}, target={"rule": "hardcopy", "period": 3})
+    agent = _agent(cfg)
+    pair = agent.pair
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(pair.online.state_dict().values(), pair.target.state_dict().values())
+    )
+    target_at_start = copy.deepcopy(pair.target.state_dict())
+    for i in range(1, 4):
+        agent.update(_batch())
+        pair.step(lambda: (_batch().obs, _batch().actions))
+        same_as_start = all(
+            torch.equal(v, target_at_start[k]) for k, v in pair.target.state_dict().items()
+        )
+        assert same_as_start == (i < 3)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(pair.online.state_dict().values(), pair.target.state_dict().values())
+    )
+
+
+def test_divergence_is_reported():
+    agent = _agent(tiny())
+    with pytest.raises(DivergenceError, match="diverged"):
+        agent.update(_batch(rewards=torch.full((8,), float("inf"))))
+
+
+def test_epsilon_schedule_follows_dopamine():
+    cfg = AgentConfig(learning_starts=100, epsilon_decay_steps=100, epsilon_end=0.1)
+    assert [epsilon_at(s, cfg) for s in (0, 99, 100, 150, 200, 10_000)] == pytest.approx(
+        [1.0, 1.0, 1.0, 0.55, 0.1, 0.1]
+    )
+
+
+def test_same_seed_same_run(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        logger = CSVLogger(tmp_path / name)
+        results.append(train(tiny(), logger=logger, progress=False))
+        logger.close()
+    assert results[0].eval_returns == results[1].eval_returns
+    rows = [
+        [
+            r
+            for r in csv.reader((tmp_path / n / "metrics.csv").open())
+            if not r[1].startswith("perf/sps")
+        ]
+        for n in ("a", "b")
+    ]  # wall-clock rates differ
+    assert rows[0] == rows[1]
+    keys = {r[1] for r in rows[0]}
+    assert {"loss/td", "loss/replicate_before", "gap/function", "q/online_mean"} <= keys
+    other = train(tiny(seed=1), progress=False)
+    assert other.eval_returns != results[0].eval_returns
+
+
+def test_result_and_logged_params(tmp_path):
+    logger = CSVLogger(tmp_path)
+    result = train(tiny(), logger=logger, progress=False)
+    logger.close()
+    assert result.steps == 800 and result.eval_steps == [400, 800]
+    assert result.final_return == result.eval_returns[-1] > 0
+    assert result.online_params != result.target_params
+    params = dict(csv.reader((tmp_path / "params.csv").open()))
+    assert params["target.kr"] == "1" and params["online_family"] == "mlp"
+    assert params["online_params"] == str(result.online_params)
+
+
+def test_on_eval_can_stop_a_run():
+    seen = []
+    result = train(tiny(), on_eval=lambda step, value: seen.append(step) or False, progress=False)
+    assert result.stopped_early and seen == [400] and result.steps == 400
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    first = train(tiny(steps=400), out=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").exists() and first.steps == 400
+    resumed = train(tiny(), out=tmp_path, resume=True, progress=False)
+    assert resumed.eval_steps == [400, 800]
+    assert resumed.eval_returns[0] == first.eval_returns[0]
+
+
+def test_cli_resumes_after_kill_9(tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hetero_lr.train",
+        "--pair",
+        "mlp:mlp",
+        "--env",
+        "CartPole-v1",
+        "--steps",
+        "100000",
+        "--set",
+        "checkpoint_every=300",
+        "--set",
+        "agent.learning_starts=200",
+        "--eval-every",
+        "100000",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"]
+    assert saved >= 300
+    cmd[cmd.index("100000")] = str(saved + 300)
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    finished = int(re.search(r"done: ([\d,]+) steps", done.stdout).group(1).replace(",", ""))
+    assert saved + 300 <= finished < saved + 300 + 8  # 8 lanes step together
+    steps = [int(r[0]) for r in csv.reader((out / "metrics.csv").open()) if r[0] != "step"]
+    assert max(steps) >= saved + 300
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pair", "mlp-mlp"], "bad pair 'mlp-mlp'"),
+        (["--pair", "mlp:nope"], "unknown network 'nope'"),
+        (["--kr", "0"], "target.kr=0 must be >= 1"),
+        (["--target-update", "copy:5"], "bad --target-update 'copy:5'"),
+        (["--set", "agent.lrr=1"], "unknown AgentConfig key 'lrr'"),
+        (["--set", "target.variant=some"], "target.variant" if False else "TargetConfig.variant"),
+        (["--env", "Pong"], "unsupported environment id 'Pong'"),
+        (["--pair", "nature:nature", "--env", "CartPole-v1"], "cannot take observations"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(args, message, capsys, tmp_path):
+    code = main(["--env", "CartPole-v1", "--steps", "10", "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.atari
+def test_atari_run_logs_the_protocol(tmp_path):
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "pair": "nature:nature",
+            "env": {"num_envs": 4},
+            "steps": 400,
+            "eval_every": 400,
+            "eval_episodes": 1,
+            "eval_max_steps": 100,
+            "online_options": {"hidden": 32},
+            "target_options": {"hidden": 32},
+            "agent": {"learning_starts": 200, "buffer_size": 1_000, "batch_size": 8},
+        },
+    )
+    logger = CSVLogger(tmp_path)
+    result = train(cfg, logger=logger, progress=False)
+    logger.close()
+    params = dict(csv.reader((tmp_path / "params.csv").open()))
+    assert params["env.protocol.sticky_actions"] == "0.25"
+    assert result.steps == 400 and len(result.eval_returns) == 1
+
+
+@pytest.mark.slow
+def test_lr_learns_cartpole():
+    """A CPU-sized learning check: LR with different-width MLPs improves well above random
+    (about 22) within 12k steps; benchmarks/learning.py runs the full 50k-step check."""
+    cfg = from_dict(
+        TrainConfig,
+        {"steps": 12_000, "eval_every": 4_000, "eval_episodes": 5, "env": {"num_envs": 1}},
+        base=apply_preset("cartpole"),
+    )
+    result = train(cfg, progress=False)
+    assert max(result.eval_returns) >= 100
