@@ -48,7 +48,8 @@ def main() -> None:
         start = time.perf_counter()
         result = train(cfg, progress=False)
         curve = ", ".join(
-            f"{s // 1000}k:{r:.0f}" for s, r in zip(result.eval_steps, result.eval_returns)
+            f"{s // 1000}k:{r:.0f}"
+            for s, r in zip(result.eval_steps, result.eval_returns, strict=False)
         )
         best = max(result.eval_returns)
         finals.append(result.final_return)

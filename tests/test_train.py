@@ -91,7 +91,9 @@ def test_hardcopy_same_architecture_is_dqn():
     pair = agent.pair
     assert all(
         torch.equal(a, b)
-        for a, b in zip(pair.online.state_dict().values(), pair.target.state_dict().values())
+        for a, b in zip(
+            pair.online.state_dict().values(), pair.target.state_dict().values(), strict=True
+        )
     )
     target_at_start = copy.deepcopy(pair.target.state_dict())
     for i in range(1, 4):
@@ -103,7 +105,9 @@ def test_hardcopy_same_architecture_is_dqn():
         assert same_as_start == (i < 3)
     assert all(
         torch.equal(a, b)
-        for a, b in zip(pair.online.state_dict().values(), pair.target.state_dict().values())
+        for a, b in zip(
+            pair.online.state_dict().values(), pair.target.state_dict().values(), strict=True
+        )
     )
 
 
@@ -200,7 +204,7 @@ def test_cli_resumes_after_kill_9(tmp_path):
     saved = torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"]
     assert saved >= 300
     cmd[cmd.index("100000")] = str(saved + 300)
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     finished = int(re.search(r"done: ([\d,]+) steps", done.stdout).group(1).replace(",", ""))
     assert saved + 300 <= finished < saved + 300 + 8  # 8 lanes step together
