@@ -47,10 +47,8 @@ def main() -> None:
         cfg = from_dict(TrainConfig, overrides | {"seed": seed}, base=apply_preset(preset))
         start = time.perf_counter()
         result = train(cfg, progress=False)
-        curve = ", ".join(
-            f"{s // 1000}k:{r:.0f}"
-            for s, r in zip(result.eval_steps, result.eval_returns, strict=False)
-        )
+        points = zip(result.eval_steps, result.eval_returns, strict=True)
+        curve = ", ".join(f"{s // 1000}k:{r:.0f}" for s, r in points)
         best = max(result.eval_returns)
         finals.append(result.final_return)
         passed += threshold is not None and best >= threshold
