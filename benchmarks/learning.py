@@ -15,6 +15,7 @@ import argparse
 import time
 
 import numpy as np
+import torch
 
 from hetero_lr.config import TrainConfig, apply_preset, from_dict
 from hetero_lr.train import train
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="agent steps (default: the preset's)")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # small networks: threads only add synchronisation
     preset, overrides, threshold = CHECKS[args.check]
     if args.steps:
         overrides = overrides | {"steps": args.steps}
