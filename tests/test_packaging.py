@@ -42,3 +42,11 @@ def test_readme_pair_example_runs():
     exec(compile(example, "README.md", "exec"), namespace)
     pair = namespace["pair"]
     assert pair.update.online_steps == 1 and namespace["metrics"] == {"replicate_steps": 0}
+
+
+def test_readme_lists_every_registered_network():
+    from hetero_lr import list_networks
+
+    readme = (ROOT / "README.md").read_text()
+    for name in list_networks("[!t]*"):
+        assert f"| `{name}` |" in readme, name
