@@ -378,7 +378,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg = from_dict(TrainConfig, data, base=cfg)
     cfg = from_dict(TrainConfig, _parse_set(args.set), base=cfg)
     flags: dict[str, Any] = {"env": {}, "target": {}}
-    for name in ("pair", "steps", "seed", "device", "eval_every", "eval_episodes"):
+    for name in (
+        "pair",
+        "steps",
+        "seed",
+        "device",
+        "eval_every",
+        "eval_episodes",
+        "compile",
+        "bf16",
+    ):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
     if args.env is not None:
@@ -435,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-envs", type=int, help="parallel environment lanes")
     parser.add_argument("--eval-every", type=int, help="agent steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation")
+    parser.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile both networks"
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", default=None, help="bf16 autocast for forward passes (CUDA)"
+    )
     parser.add_argument("--config", help="YAML file of TrainConfig overrides")
     parser.add_argument(
         "--set",
