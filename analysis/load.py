@@ -1,0 +1,163 @@
+"""Read a study back: Optuna trials and MLflow training runs as pandas tables.
+
+Where things are (see `hetero_lr.study`): the Optuna study (trial values, parameters, user
+attributes `pairing`, `run_scores`, `run_seeds`) in the journal file `RESULTS/optuna.journal`
+(or any Optuna storage URL); the MLflow experiment named like the study, whose runs tagged
+`hetero_lr.role=seed` are the training runs, with `objective/run_score` (a run's score as the
+objective counts it) and the `eval/return_mean` history (raw returns by agent step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from mlflow import MlflowClient
+
+from hetero_lr.scores import normalizer
+from hetero_lr.study import open_storage
+from hetero_lr.tracking import ROLE
+
+
+@dataclass
+class StudyData:
+    """A study's trials and training runs."""
+
+    study: optuna.Study
+    trials: pd.DataFrame
+    """One row per trial: number, state, value, pairing, rule, mlflow_run_id, one column per
+    parameter (`kr`, `kl`, ...)."""
+    runs: pd.DataFrame
+    """One row per training run: trial, pairing, env, seed, status, score, run_id."""
+    client: MlflowClient
+
+
+def load_study_data(
+    results: str | Path | None = None,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+) -> StudyData:
+    """Load a study from its results folder (or explicit storage URL and tracking URI).
+
+    Args:
+        results: The study's `--results` folder: `optuna.journal` and `mlflow.db` inside.
+        study_name: Needed when the storage holds several studies.
+        storage: Optuna storage URL or journal path (default: `RESULTS/optuna.journal`).
+        tracking_uri: MLflow tracking URI (default: `sqlite:///RESULTS/mlflow.db`).
+
+    Raises:
+        ValueError: no such study, or several and no `study_name`.
+    """
+    folder = Path(results).resolve() if results is not None else None
+    if storage is None or tracking_uri is None:
+        if folder is None:
+            raise ValueError("give a results folder, or both a storage and a tracking URI")
+        storage = storage or str(folder / "optuna.journal")
+        tracking_uri = tracking_uri or f"sqlite:///{folder / 'mlflow.db'}"
+    if "://" not in storage and not Path(storage).exists():
+        raise ValueError(f"no Optuna journal at {storage}")
+    optuna_storage = open_storage(storage)
+    names = optuna.get_all_study_names(optuna_storage)
+    if study_name is None:
+        if len(names) != 1:
+            raise ValueError(f"pick a study with --study; the storage holds: {', '.join(names)}")
+        study_name = names[0]
+    if study_name not in names:
+        raise ValueError(f"no study {study_name!r}; the storage holds: {', '.join(names)}")
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    client = MlflowClient(tracking_uri)
+    return StudyData(study, _trials_table(study), _runs_table(client, study_name), client)
+
+
+def _trials_table(study: optuna.Study) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        pairing = t.user_attrs.get("pairing", "")
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "pairing": pairing,
+                "rule": pairing.partition("@")[2] or "replicate",
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                **{k: v for k, v in t.params.items() if k != "pair"},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _runs_table(client: MlflowClient, study_name: str) -> pd.DataFrame:
+    experiment = client.get_experiment_by_name(study_name)
+    columns = ["trial", "pairing", "env", "seed", "status", "score", "run_id"]
+    if experiment is None:
+        return pd.DataFrame(columns=columns)
+    rows, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'seed'",
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            tags = run.data.tags
+            rows.append(
+                {
+                    "trial": int(tags["optuna.trial_number"]),
+                    "pairing": tags.get("pairing", ""),
+                    "env": tags.get("env.id", ""),
+                    "seed": int(tags["seed"]),
+                    "status": run.info.status,
+                    "score": run.data.metrics.get("objective/run_score", np.nan),
+                    "run_id": run.info.run_id,
+                }
+            )
+        token = page.token
+        if not token:
+            break
+    return pd.DataFrame(rows, columns=columns).sort_values(["trial", "env", "seed"])
+
+
+def best_trials(data: StudyData) -> dict[str, int]:
+    """The best complete trial of each pairing (baselines included): `{pairing: number}`.
+
+    Picking the best of many trials flatters it (the winner's curse); for a paper, rerun the
+    chosen settings with fresh seeds (a new study whose space fixes them) and report those.
+    """
+    done = data.trials[data.trials["state"] == "COMPLETE"]
+    if done.empty:
+        return {}
+    best = done.loc[done.groupby("pairing")["value"].idxmax()]
+    return dict(zip(best["pairing"], best["number"].astype(int), strict=True))
+
+
+def load_curves(data: StudyData, trials: list[int]) -> pd.DataFrame:
+    """Evaluation curves of the finished runs of `trials`: one row per run and evaluation.
+
+    Columns: trial, pairing, env, seed, step, raw (mean raw return), score (what the
+    objective counts: human-normalised on Atari, raw otherwise).
+    """
+    rows = []
+    runs = data.runs[data.runs["trial"].isin(trials) & (data.runs["status"] == "FINISHED")]
+    for run in runs.itertuples():
+        transform, _ = normalizer(run.env)
+        for m in data.client.get_metric_history(run.run_id, "eval/return_mean"):
+            rows.append(
+                {
+                    "trial": run.trial,
+                    "pairing": run.pairing,
+                    "env": run.env,
+                    "seed": run.seed,
+                    "step": m.step,
+                    "raw": m.value,
+                    "score": transform(m.value),
+                }
+            )
+    columns = ["trial", "pairing", "env", "seed", "step", "raw", "score"]
+    return pd.DataFrame(rows, columns=columns)

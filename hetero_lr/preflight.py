@@ -1,0 +1,202 @@
+"""Checks and a time estimate made before a study writes anything.
+
+`probe_envs` builds each environment once (shape, actions, speed); `check_pairings` builds every
+pairing's networks and target rule on those shapes, as a run would, so an incompatible pairing
+fails before any storage exists; `estimate_seconds` times a few real updates on this device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from hetero_lr.config import TrainConfig
+from hetero_lr.search_space import Arm, StudySpec
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What a study needs to know about an environment before running it."""
+
+    env_id: str
+    obs_shape: tuple[int, ...]
+    obs_dtype: str
+    n_actions: int
+    steps_per_sec: float
+    """Environment steps per second of one lane under random actions (measured)."""
+
+
+def probe_envs(spec: StudySpec) -> list[EnvInfo]:
+    """Build each environment once: observation shape, action count, steps per second.
+
+    Raises:
+        ValueError: an unsupported environment id.
+    """
+    from hetero_lr.envs import make_env
+
+    infos = []
+    rng = np.random.default_rng(0)
+    for env_id in spec.env_ids:
+        env = make_env(replace(spec.base.env, id=env_id), seed=0, num_envs=1)
+        env.reset()
+        start, n = time.perf_counter(), 200
+        for _ in range(n):
+            env.step(rng.integers(env.n_actions, size=1))
+        rate = n / (time.perf_counter() - start)
+        env.close()
+        infos.append(EnvInfo(env_id, tuple(env.obs_shape), str(env.obs_dtype), env.n_actions, rate))
+    return infos
+
+
+def check_pairings(spec: StudySpec, envs: Sequence[EnvInfo]) -> None:
+    """Build every arm's networks and rule on every observation shape, as a run would.
+
+    Raises:
+        ValueError: a setting out of range, a family that cannot take an environment's
+            observations, outputs that disagree (actions, atoms, support), or a rule the
+            networks cannot serve (HardCopy between different architectures).
+    """
+    import torch
+
+    from hetero_lr.agent import build_pair
+    from hetero_lr.train import validate
+
+    shapes = {env.obs_shape: env for env in envs}
+    for arm in (*spec.pairings, *spec.baseline_arms):
+        cfg = _arm_config(spec.base, arm)
+        validate(cfg)
+        for env in shapes.values():
+            try:
+                pair = build_pair(cfg, env.obs_shape, env.n_actions)
+                with torch.no_grad():
+                    obs = _zeros_obs(env, 2)
+                    shapes_out = (tuple(pair.online(obs).shape), tuple(pair.target(obs).shape))
+            except ValueError as err:
+                raise ValueError(f"pairing {arm.label!r} on {env.env_id}: {err}") from None
+            if shapes_out[0] != shapes_out[1]:
+                raise ValueError(
+                    f"pairing {arm.label!r} on {env.env_id}: online outputs "
+                    f"{shapes_out[0]}, target {shapes_out[1]}"
+                )
+
+
+def estimate_seconds(spec: StudySpec, envs: Sequence[EnvInfo], *, workers: int) -> dict[str, Any]:
+    """Rough wall time of the study on this device, from a few timed updates.
+
+    Per run: `(steps - learning_starts) / train_freq` online updates (timed with the agent's
+    own update, bootstrap included) plus `kr / kl` Replicate steps each (timed as a target
+    forward-backward-Adam step with an online forward; `kr`, `kl` at the geometric middle of
+    the search space); one acting forward per `num_envs` agent steps; the environment at the
+    rate measured by `probe_envs`; evaluations assumed to last `min(eval_max_steps, 2,000)`
+    steps per episode.
+    """
+    import torch
+
+    base, env = spec.base, envs[0]
+    ratio = _geo(spec, "kr", base.target.kr) / _geo(spec, "kl", base.target.kl)
+    updates = max(0, base.steps - base.agent.learning_starts) / base.agent.train_freq
+    evals = math.ceil(base.steps / base.eval_every)
+    env_steps = base.steps + evals * base.eval_episodes * min(base.eval_max_steps, 2_000)
+    lanes = min(base.env.num_envs, os.cpu_count() or 1)
+    per_run: dict[str, float] = {}
+    threads = torch.get_num_threads()
+    if base.threads:
+        torch.set_num_threads(base.threads)  # as `train` will
+    try:
+        timings = {
+            a.label: _time_updates(_arm_config(base, a), env)
+            for a in (*spec.pairings, *spec.baseline_arms)
+        }
+    finally:
+        torch.set_num_threads(threads)
+    for arm in (*spec.pairings, *spec.baseline_arms):
+        t = timings[arm.label]
+        replicate = ratio * t["replicate"] if arm.rule == "replicate" else 0.0
+        per_run[arm.label] = (
+            updates * (t["online"] + replicate)
+            + env_steps / base.env.num_envs * t["act"]
+            + env_steps / (env.steps_per_sec * lanes)
+        )
+    runs = len(spec.env_ids) * spec.seeds
+    search = sum(per_run[a.label] for a in spec.pairings) / len(spec.pairings)
+    baselines = sum(per_run[a.label] for a in spec.baseline_arms)
+    total = runs * (spec.trials * search + baselines) / workers
+    return {"per_run": per_run, "total": total, "device": run_device(base.device).type}
+
+
+def _arm_config(base: TrainConfig, arm: Arm) -> TrainConfig:
+    return replace(base, pair=arm.pair, target=replace(base.target, rule=arm.rule))
+
+
+def _zeros_obs(env: EnvInfo, batch: int) -> Any:
+    import torch
+
+    return torch.zeros(batch, *env.obs_shape, dtype=getattr(torch, env.obs_dtype))
+
+
+def _time_updates(cfg: TrainConfig, env: EnvInfo, reps: int = 3) -> dict[str, float]:
+    """Seconds per online update, per Replicate step and per acting forward."""
+    import torch
+
+    from hetero_lr.agent import Agent, Batch, build_pair
+
+    device = run_device(cfg.device)
+    pair = build_pair(cfg, env.obs_shape, env.n_actions).to(device)
+    if cfg.channels_last and len(env.obs_shape) == 3:
+        pair.to(memory_format=torch.channels_last)
+    agent = Agent(pair, cfg.agent, n_actions=env.n_actions, device=device)
+    b = cfg.agent.batch_size
+    obs = _zeros_obs(env, b).to(device)
+    batch = Batch(
+        obs,
+        torch.zeros(b, dtype=torch.int64, device=device),
+        torch.zeros(b, device=device),
+        obs,
+        torch.zeros(b, device=device),
+        torch.ones(b, device=device),
+    )
+    acting = _zeros_obs(env, cfg.env.num_envs).to(device)
+    target_opt = torch.optim.Adam(pair.target.parameters(), fused=device.type in ("cpu", "cuda"))
+
+    def replicate() -> None:
+        target_opt.zero_grad()
+        pair.replicate_loss(obs, batch.actions).backward()
+        target_opt.step()
+
+    def timed(fn: Callable[[], Any]) -> float:
+        fn()  # warm-up: allocations, lazy modules, optimizer state
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / reps
+
+    return {
+        "online": timed(lambda: agent.update(batch)),
+        "replicate": timed(replicate) if cfg.target.rule == "replicate" else 0.0,
+        "act": timed(lambda: pair.act_values(acting)),
+    }
+
+
+def _geo(spec: StudySpec, name: str, default: float) -> float:
+    for p in spec.space:
+        if p.name == name:
+            values = p.choices if p.kind == "categorical" else (p.low, p.high)
+            return math.exp(sum(math.log(v) for v in values) / len(values))
+    return float(default)
+
+
+def run_device(name: str) -> Any:
+    """The torch device a run with `TrainConfig.device == name` uses (ValueError if absent)."""
+    from hetero_lr.train import resolve_device
+
+    return resolve_device(name)

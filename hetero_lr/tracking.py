@@ -1,0 +1,290 @@
+"""MLflow tracking for studies: explicit run ids, batched metrics, retries on a locked SQLite.
+
+Layout of a study (`hetero_lr.study`): one experiment per study; a parent run for the study
+(tag `hetero_lr.role=study`); a child run per Optuna trial (`role=trial`); a nested run per
+training run of that trial, i.e. per seed and environment (`role=seed`). Nesting is MLflow's
+`mlflow.parentRunId` tag, which `mlflow ui` shows as a tree.
+
+Every call names its run id through `MlflowClient`: several threads or processes log at once,
+and the fluent API's process-global "active run" would mix them. Each client call is retried
+with exponential backoff when the store reports a transient failure: SQLite answers "database
+is locked" when two processes write at once beyond its busy timeout, or at once when a reader
+must become a writer (the reason Optuna's FAQ advises against SQLite for parallel workers).
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+
+T = TypeVar("T")
+RunStatus = Literal["FINISHED", "KILLED", "FAILED"]
+
+ROLE = "hetero_lr.role"
+"""Tag naming a run's place in the layout: `study`, `trial` or `seed`."""
+END_REASON = "hetero_lr.end_reason"
+"""Tag holding why a run ended as it did (pruning step, divergence message, interruption)."""
+PARENT = "mlflow.parentRunId"
+
+_TRANSIENT = ("database is locked", "database table is locked", "TEMPORARILY_UNAVAILABLE")
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether an error is worth retrying: a locked SQLite database or a busy MLflow store."""
+    if not isinstance(err, (MlflowException, sqlite3.OperationalError)):
+        return False
+    return any(s in f"{getattr(err, 'error_code', '')} {err}" for s in _TRANSIENT)
+
+
+def retry(
+    fn: Callable[..., T],
+    *args: Any,
+    attempts: int = 10,
+    delay: float = 0.05,
+    max_delay: float = 5.0,
+    **kwargs: Any,
+) -> T:
+    """Call `fn(*args, **kwargs)`, retrying transient errors (`is_transient`) with backoff.
+
+    Waits `delay * 2**k` (at most `max_delay`, times a random factor in [0.5, 1.5) so that two
+    processes that collided do not collide again) before attempt k + 2.
+
+    Raises:
+        Exception: the last error once `attempts` calls failed, or any non-transient error.
+    """
+    for attempt in range(attempts - 1):
+        try:
+            return fn(*args, **kwargs)
+        except (MlflowException, sqlite3.OperationalError) as err:
+            if not is_transient(err):
+                raise
+            time.sleep(min(max_delay, delay * 2**attempt) * random.uniform(0.5, 1.5))
+    return fn(*args, **kwargs)
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` tracking URI, None for other URIs."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///"))
+
+
+class Tracker:
+    """A retrying `MlflowClient` with the helpers that lay out a study's runs.
+
+    Args:
+        tracking_uri: Any MLflow tracking URI: `sqlite:///...`, `postgresql://...`,
+            `http://host:5000` (an `mlflow server`), ...
+        artifact_root: Folder for the artifacts of experiments this tracker creates; None
+            leaves it to the tracking server (or MLflow's default `./mlruns`, relative to the
+            working directory, which is why a local study passes its results folder).
+    """
+
+    def __init__(self, tracking_uri: str, *, artifact_root: str | Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
+        self.client = MlflowClient(tracking_uri)
+
+    def prepare(self) -> None:
+        """Create the store's schema now, once, and put a SQLite store in WAL mode.
+
+        Call it in one process before starting workers: parallel processes racing on a new
+        database's schema migration fail (mlflow/mlflow#4123). WAL lets readers and the one
+        writer proceed at once (https://www.sqlite.org/wal.html); the mode persists in the file.
+        """
+        retry(self.client.search_experiments, max_results=1)
+        path = sqlite_path(self.tracking_uri)
+        if path is not None:
+            retry(_enable_wal, path)
+
+    def experiment(self, name: str, *, tags: Mapping[str, Any] | None = None) -> str:
+        """Id of the experiment `name`, created (or restored from deletion) if needed."""
+        found = retry(self.client.get_experiment_by_name, name)
+        if found is None:
+            # One folder per experiment, as MLflow's own default root does it.
+            folder = self.artifact_root / _safe(name) if self.artifact_root else None
+            location = folder.as_uri() if folder else None
+            try:
+                return retry(self.client.create_experiment, name, location, dict(tags or {}))
+            except MlflowException as err:
+                if "RESOURCE_ALREADY_EXISTS" not in f"{err.error_code} {err}":
+                    raise
+                found = retry(self.client.get_experiment_by_name, name)  # another process won
+        if found.lifecycle_stage == "deleted":
+            retry(self.client.restore_experiment, found.experiment_id)
+        return found.experiment_id
+
+    def study_run(self, experiment_id: str, name: str) -> str:
+        """Id of the study's parent run: the existing one (resume) or a new one; RUNNING."""
+        runs = retry(
+            self.client.search_runs,
+            [experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'study'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+            retry(self.client.update_run, run_id, status="RUNNING")
+            return run_id
+        return self.start_run(experiment_id, name=name, role="study")
+
+    def start_run(
+        self,
+        experiment_id: str,
+        *,
+        name: str,
+        role: Literal["study", "trial", "seed"],
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create a RUNNING run (nested under `parent_run_id` if given) and return its id."""
+        all_tags = {ROLE: role, **(tags or {})}
+        if parent_run_id:
+            all_tags[PARENT] = parent_run_id
+        run = retry(
+            self.client.create_run,
+            experiment_id,
+            tags={k: _text(v) for k, v in all_tags.items()},
+            run_name=name,
+        )
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: RunStatus, reason: str | None = None) -> None:
+        """End a run with `status`, recording `reason` in the `hetero_lr.end_reason` tag."""
+        if reason:
+            self.set_tags(run_id, {END_REASON: reason})
+        retry(self.client.set_terminated, run_id, status)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set tags (mutable, unlike params) in one request."""
+        batch = [RunTag(k, _text(v)) for k, v in tags.items()]
+        for i in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
+            retry(self.client.log_batch, run_id, tags=batch[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log params (strings of at most MLflow's 6,000 characters) in as few requests as fit."""
+        batch = [Param(k, _text(v)) for k, v in params.items()]
+        for i in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
+            retry(self.client.log_batch, run_id, params=batch[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
+        """Log `Metric` entities, at most MLflow's 1,000 per request."""
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            retry(self.client.log_batch, run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
+        """Save a matplotlib figure as an artifact of the run."""
+        retry(self.client.log_figure, run_id, figure, artifact_file)
+
+    def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+        """Save a dict as a JSON or YAML artifact (by the file's extension)."""
+        retry(self.client.log_dict, run_id, data, artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Save text as an artifact of the run."""
+        retry(self.client.log_text, run_id, text, artifact_file)
+
+
+class MlflowLogger:
+    """A `hetero_lr.loggers.Logger` writing one training run to one MLflow run, by id.
+
+    Metrics are buffered and sent with `log_batch`, so per-step metrics do not cost a database
+    round trip each: the buffer is flushed when it holds `flush_every` metrics, when
+    `flush_secs` have passed since the last flush, when a key starts with one of
+    `flush_prefixes` (evaluations show up at once in `mlflow ui`), and on `flush`/`close`/`end`.
+
+    Args:
+        tracker: Where to log.
+        run_id: The run to log to (e.g. from `Tracker.start_run`).
+        flush_every: Metrics buffered before a flush (MLflow takes 1,000 per request).
+        flush_secs: Longest time a metric waits in the buffer (checked when logging).
+        flush_prefixes: Metric-key prefixes that trigger an immediate flush.
+    """
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        run_id: str,
+        *,
+        flush_every: int = MAX_METRICS_PER_BATCH,
+        flush_secs: float = 15.0,
+        flush_prefixes: tuple[str, ...] = ("eval/",),
+    ) -> None:
+        self.tracker = tracker
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self.flush_secs = flush_secs
+        self.flush_prefixes = flush_prefixes
+        self.ended = False
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log the run's settings as MLflow params (immediately)."""
+        self.tracker.log_params(self.run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer scalar metrics at an agent step; None values are skipped."""
+        now_ms = int(time.time() * 1000)
+        self._buffer.extend(
+            Metric(key, float(value), now_ms, int(step))
+            for key, value in metrics.items()
+            if value is not None
+        )
+        if (
+            len(self._buffer) >= self.flush_every
+            or time.monotonic() - self._last_flush >= self.flush_secs
+            or any(key.startswith(self.flush_prefixes) for key in metrics)
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered metrics."""
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            self.tracker.log_metrics(self.run_id, batch)
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Flush, and end the run as FINISHED unless `end` already ended it."""
+        self.flush()
+        if not self.ended:
+            self.end("FINISHED")
+
+    def end(self, status: RunStatus, reason: str | None = None) -> None:
+        """Flush and end the run with `status` and `reason` (may override an earlier end)."""
+        self.flush()
+        self.tracker.end_run(self.run_id, status, reason)
+        self.ended = True
+
+
+def _enable_wal(path: Path) -> None:
+    with sqlite3.connect(path, timeout=30) as db:
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    if len(text) > MAX_PARAM_VAL_LENGTH:
+        return text[: MAX_PARAM_VAL_LENGTH - 3] + "..."
+    return text

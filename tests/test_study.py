@@ -1,0 +1,396 @@
+"""The study CLI: a real mini study end to end, resume, pruned/failed trials, bad input, workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from hetero_lr.config import flatten
+from hetero_lr.preflight import check_pairings, probe_envs
+from hetero_lr.scores import ATARI_100K_GAMES, human_normalized, normalizer
+from hetero_lr.search_space import load_study, parse_arm, suggest
+from hetero_lr.study import main, run_seeds
+from hetero_lr.tracking import END_REASON, ROLE, Tracker
+from hetero_lr.train import DivergenceError, TrainResult
+
+REPO = Path(__file__).resolve().parents[1]
+
+# CartPole with tiny MLPs: a real run takes about a second on one CPU thread.
+TINY = {
+    "name": "tiny",
+    "config": {
+        "env": {"id": "CartPole-v1", "num_envs": 1},
+        "steps": 300,
+        "eval_every": 100,
+        "eval_episodes": 1,
+        "eval_max_steps": 100,
+        "checkpoint_every": 0,
+        "threads": 1,
+        "online_options": {"hidden": [32]},
+        "target_options": {"hidden": [32]},
+        "agent": {"learning_starts": 100, "batch_size": 16, "buffer_size": 1000, "train_freq": 2},
+    },
+    "pairings": ["mlp:mlp"],
+    "space": {"kr": [1, 2], "kl": {"int": [1, 8], "log": True}},
+    "seeds": 2,
+    "trials": 2,
+    "sampler": "random",
+    "pruner": "median",
+    "pruning": {"min_evals": 2, "startup_trials": 10, "min_trials": 2, "patience": 0},
+    "objective": {"last_evals": 2},
+}
+
+
+def write_study(folder: Path, **changes) -> Path:
+    data = {**TINY, **changes}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory):
+    """An MLflow database with its schema (creating one takes seconds; copying it does not)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    Tracker(f"sqlite:///{path}").prepare()
+    return path
+
+
+@pytest.fixture
+def results(tmp_path, empty_db):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    shutil.copy(empty_db, folder / "mlflow.db")
+    return folder
+
+
+def fake_train(cfg, *, logger=None, on_eval=None, out=None, resume=False, progress=True):
+    """Stand-in for `train`: return 10 * kl (HardCopy: 100); kr == 3 diverges."""
+    if cfg.target.rule == "replicate" and cfg.target.kr == 3:
+        raise DivergenceError("diverged: TD loss nan, mean Q nan")
+    value = 100.0 if cfg.target.rule == "hardcopy" else 10.0 * cfg.target.kl
+    logger.log_params(flatten(cfg))
+    steps, returns = [], []
+    for step in range(cfg.eval_every, cfg.steps + 1, cfg.eval_every):
+        logger.log_metrics({"loss/td": 1.0 / step}, step)
+        logger.log_metrics({"eval/return_mean": value}, step)
+        steps.append(step)
+        returns.append(value)
+        if on_eval(step, value) is False:
+            return TrainResult(step, steps, returns, value, True, 0.0, 10, 10)
+    return TrainResult(cfg.steps, steps, returns, value, False, 0.0, 10, 10)
+
+
+def mlflow_runs(results: Path, study_name: str) -> dict[str, list]:
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(study_name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_role: dict[str, list] = {"study": [], "trial": [], "seed": []}
+    for run in runs:
+        by_role[run.data.tags[ROLE]].append(run)
+    return by_role
+
+
+def load(results: Path, name: str) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mini_study_end_to_end(tmp_path, results, capsys):
+    """Real training: 2 sampled trials + the HardCopy baseline, 2 seeds each, checkpoints on."""
+    config = {**TINY["config"], "checkpoint_every": 100}
+    study_file = write_study(tmp_path, baselines=["mlp"], config=config)
+    code = main(["--study", str(study_file), "--results", str(results)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "estimate" in out and "trial 2 COMPLETE" in out  # banner and progress lines
+
+    study = load(results, "mlp:mlp__tiny")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    seeds = list(run_seeds(0, 2))
+    assert trials[0].user_attrs["pairing"] == "mlp:mlp@hardcopy" and trials[0].params == {}
+    for t in trials[1:]:
+        assert t.user_attrs["pairing"] == "mlp:mlp"
+        assert set(t.params) == {"pair", "kr", "kl"}
+        assert t.user_attrs["config"]["target.kr"] == t.params["kr"]
+    for t in trials:
+        assert t.user_attrs["run_seeds"] == seeds
+        assert len(t.user_attrs["run_scores"]) == 2
+        assert t.value == pytest.approx(sum(t.user_attrs["run_scores"]) / 2)
+        assert sorted(t.intermediate_values) == list(range(6))  # 3 evaluations x 2 seeds
+    assert study.user_attrs["run_seeds"] == seeds and study.user_attrs["settings_hash"]
+    assert not list((results / "checkpoints").rglob("checkpoint.pt"))  # removed after runs
+
+    runs = mlflow_runs(results, "mlp:mlp__tiny")
+    (parent,) = runs["study"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["best.trial"] == str(study.best_trial.number)
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"best_trial.json", "trials.csv", "study.yaml"} <= artifacts
+    assert {
+        "figures/objective_by_pairing.png",
+        "figures/optimization_history.png",
+        "figures/param_importances.png",
+    } <= figures
+    assert len(runs["trial"]) == 3 and len(runs["seed"]) == 6
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs["trial"]}
+    for t in trials:
+        run = by_number[t.number]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["optuna.trial_state"] == "COMPLETE"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.metrics["objective"] == pytest.approx(t.value)
+        params = run.data.params
+        assert params["pairing"] == t.user_attrs["pairing"]
+        assert params["online_family"] == "mlp" and params["target_family"] == "mlp"
+        assert int(params["online_params"]) > 0 and params["agent.lr"] == str(6.25e-5)
+        if t.params:
+            assert params["kr"] == str(t.params["kr"]) == params["target.kr"]
+        nested = [r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] == run.info.run_id]
+        assert sorted(int(r.data.tags["seed"]) for r in nested) == sorted(seeds)
+        for seed_run in nested:
+            assert seed_run.info.status == "FINISHED"
+            history = client.get_metric_history(seed_run.info.run_id, "eval/return_mean")
+            assert [m.step for m in history] == [100, 200, 300]
+            assert "charts/episodic_return" in seed_run.data.metrics
+            assert seed_run.data.params["env.protocol.backend"] == "gymnasium_sync"
+
+
+def test_pruned_and_failed_trials_end_their_runs_and_the_study_goes_on(tmp_path, results):
+    """Grid over kr x kl with a fake trainer: kl=1 is pruned, kr=3 diverges, kl=20 completes."""
+    study_file = write_study(
+        tmp_path,
+        baselines=["mlp"],
+        space={"kr": [1, 3], "kl": [1, 20]},
+        sampler="grid",
+        trials=4,
+        seeds=1,
+        pruning={"min_evals": 1, "startup_trials": 1, "min_trials": 1, "patience": 0},
+    )
+    assert main(["--study", str(study_file), "--results", str(results)], train_fn=fake_train) == 0
+    study = load(results, "mlp:mlp__tiny")
+    states = {(t.params.get("kr"), t.params.get("kl")): t.state.name for t in study.trials}
+    assert states == {
+        (None, None): "COMPLETE",
+        (1, 1): "PRUNED",
+        (1, 20): "COMPLETE",
+        (3, 1): "FAIL",
+        (3, 20): "FAIL",
+    }
+    reasons = {
+        (t.params.get("kr"), t.params.get("kl")): t.user_attrs.get("end_reason", "")
+        for t in study.trials
+    }
+    assert reasons[(1, 1)].startswith("pruned by median") and "diverged" in reasons[(3, 1)]
+    runs = mlflow_runs(results, "mlp:mlp__tiny")
+    trial_runs = {(r.data.params.get("kr"), r.data.params.get("kl")): r for r in runs["trial"]}
+    pruned, failed = trial_runs[("1", "1")], trial_runs[("3", "20")]
+    assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.trial_state"] == "PRUNED"
+    assert pruned.data.tags[END_REASON].startswith("pruned by median at evaluation 1")
+    assert failed.info.status == "FAILED" and failed.data.tags["optuna.trial_state"] == "FAIL"
+    assert "diverged" in failed.data.tags[END_REASON]
+    assert trial_runs[("1", "20")].info.status == "FINISHED"
+    for trial_run in (pruned, failed):
+        (seed_run,) = [
+            r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] == trial_run.info.run_id
+        ]
+        assert seed_run.info.status == trial_run.info.status
+        assert seed_run.data.tags[END_REASON]
+    (parent,) = runs["study"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["best.kl"] == "20"
+
+
+def test_resume_adds_trials_and_keeps_finished_ones(tmp_path, results, capsys):
+    study_file = write_study(
+        tmp_path, baselines=["mlp"], space={"target.lr": {"float": [1e-5, 1e-3], "log": True}}
+    )
+    argv = ["--study", str(study_file), "--results", str(results)]
+    assert main(argv, train_fn=fake_train) == 0
+    before = [
+        (t.number, t.state, t.value, t.params, t.datetime_complete)
+        for t in load(results, "mlp:mlp__tiny").trials
+    ]
+    assert len(before) == 3
+    assert main(argv, train_fn=fake_train) == 0  # the same command again
+    after = load(results, "mlp:mlp__tiny").trials
+    assert [
+        (t.number, t.state, t.value, t.params, t.datetime_complete) for t in after[:3]
+    ] == before
+    assert [t.number for t in after] == [0, 1, 2, 3, 4]
+    assert [t.user_attrs.get("baseline") for t in after].count("mlp:mlp@hardcopy") == 1
+    old_lrs = {t.params.get("target.lr") for t in after[:3]}
+    assert not old_lrs & {t.params["target.lr"] for t in after[3:]}  # fresh samples
+    runs = mlflow_runs(results, "mlp:mlp__tiny")
+    assert len(runs["study"]) == 1 and len(runs["trial"]) == 5
+
+    # Other settings under the same name: refused, nothing written.
+    journal = (results / "optuna.journal").read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--steps", "200"], train_fn=fake_train) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.steps" in err
+    assert (results / "optuna.journal").read_bytes() == journal
+
+
+@pytest.mark.parametrize(
+    ("args", "study", "message"),
+    [
+        (["--pair", "impala"], None, "bad pair 'impala'"),
+        (["--pair", "impala:nature:mlp"], None, "exactly one ':'"),
+        (["--pair", ":nature"], None, "bad pair ':nature'"),
+        (["--pair", "impala:natur"], None, "unknown network 'natur'"),
+        (["--pairs", "mlp:mlp,nature:mlp"], "tiny", "cannot take observations of shape (4,)"),
+        (["--baselines", "mlp:nature@hardcopy"], "tiny", "same network on both sides"),
+        (["--sampler", "cmaes"], "tiny", "unknown sampler 'cmaes'; accepted: tpe, random, grid"),
+        (["--pruner", "sha"], "tiny", "unknown pruner 'sha'; accepted: median, hyperband"),
+        (["--seeds", "0"], "tiny", "--seeds must be >= 1"),
+        ([], {"space": {"kr": {"int": [0, 4]}}}, "kr and kl must be >= 1"),
+        ([], {"space": {"kl": [0, 1]}}, "kr and kl must be >= 1"),
+        ([], {"config": {"target": {"kl": 0}}}, "target.kl=0 must be >= 1"),
+        ([], {"bogus": 1}, "unknown key 'bogus'"),
+        ([], {"config": {"agent": {"lrr": 1}}}, "unknown AgentConfig key 'lrr'"),
+        ([], {"space": {"target.variant": ["all"]}}, "TargetConfig.variant='all'"),
+        ([], {"sampler": "grid", "space": {"kl": {"int": [1, 8], "log": True}}}, "grid sampler"),
+        ([], "missing", "cannot read study file"),
+        ([], "not yaml", "not valid YAML"),
+        (["--tracking-uri", "./mlruns"], "tiny", "file store"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, args, study, message
+):
+    monkeypatch.chdir(tmp_path)
+    if study == "tiny":
+        args = [*args, "--study", str(write_study(tmp_path))]
+    elif study == "missing":
+        args = ["--study", str(tmp_path / "missing.yaml")]
+    elif study == "not yaml":
+        (tmp_path / "bad.yaml").write_text("space: [1, 2\n")
+        args = ["--study", str(tmp_path / "bad.yaml")]
+    elif isinstance(study, dict):
+        args = [*args, "--study", str(write_study(tmp_path, **study))]
+    before = sorted(os.listdir(tmp_path))
+    code = main([*args, "--results", str(tmp_path / "results")], train_fn=fake_train)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written
+
+
+def test_unknown_flag_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--pair", "impala:nature", "--trails", "3"])
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_workers_lose_no_mlflow_writes(tmp_path, results):
+    """Two local processes share the journal and the SQLite tracking store."""
+    study_file = write_study(tmp_path, trials=4, seeds=1)
+    assert main(["--study", str(study_file), "--results", str(results), "--workers", "2"]) == 0
+    study = load(results, "mlp:mlp__tiny")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both processes ran trials
+    runs = mlflow_runs(results, "mlp:mlp__tiny")
+    assert len(runs["trial"]) == 4 and len(runs["seed"]) == 4
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    for run in runs["trial"] + runs["seed"]:
+        assert run.info.status == "FINISHED"
+    for run in runs["seed"]:
+        history = client.get_metric_history(run.info.run_id, "eval/return_mean")
+        assert [m.step for m in history] == [100, 200, 300]
+        assert len(run.data.params) > 50
+    for run in runs["trial"]:
+        assert sorted(
+            int(m.step)
+            for m in client.get_metric_history(run.info.run_id, "objective/intermediate")
+        ) == [0, 1, 2]
+
+
+def test_dry_run_from_another_directory_uses_the_built_in_study(tmp_path):
+    """The README's plain `--pair impala:nature` resolves the packaged default study."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hetero_lr.study", "--pair", "impala:nature", "--dry-run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout[proc.stdout.index("study:") :])
+    assert resolved["study_name"] == "impala:nature__default"
+    assert resolved["study"]["pairings"] == ["impala:nature"]
+    assert resolved["study"]["envs"] == ["ALE/Breakout-v5"]
+    assert resolved["tracking_uri"] == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    assert "impala:impala@hardcopy" in proc.stdout and "estimate" in proc.stdout
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Study files, search space, scores
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_study_files_load(path):
+    spec = load_study(path)
+    assert spec.pairings and spec.space
+    if spec.sampler == "grid":
+        assert len(spec.grid()) >= 2
+
+
+def test_minatar_study_pairings_build_on_10x10_frames():
+    spec = load_study(REPO / "studies" / "minatar.yaml")
+    check_pairings(spec, probe_envs(spec))  # every family takes MinAtar's frames
+
+
+def test_suggest_samples_and_converts():
+    spec = load_study(REPO / "studies" / "minatar.yaml")
+    trial = optuna.trial.FixedTrial({"pair": "impala:mlp", "kr": 2, "kl": 64, "target.lr": 3e-4})
+    arm, cfg = suggest(trial, spec)
+    assert arm == parse_arm("impala:mlp") and cfg.pair == "impala:mlp"
+    assert (cfg.target.kr, cfg.target.kl, cfg.target.lr, cfg.target.rule) == (
+        2,
+        64,
+        3e-4,
+        "replicate",
+    )
+    assert cfg.env.id == "MinAtar/Breakout-v1" and cfg.agent.train_freq == 1  # preset kept
+
+
+def test_run_seeds_are_derived_and_prefix_stable():
+    assert run_seeds(0, 3) == run_seeds(0, 5)[:3]
+    assert run_seeds(0, 3) != run_seeds(1, 3)
+    assert len(set(run_seeds(7, 10))) == 10
+
+
+def test_scores_cover_atari_100k_and_fall_back_to_raw():
+    for game in ATARI_100K_GAMES:
+        transform, note = normalizer(f"ALE/{game}-v5")
+        assert note.startswith("human-normalised")
+    assert human_normalized(30.5, "breakout") == pytest.approx(1.0)
+    assert human_normalized(-20.7, "pong") == pytest.approx(0.0)
+    transform, note = normalizer("MinAtar/Breakout-v1")
+    assert transform(3.0) == 3.0 and note.startswith("raw return")
+    transform, note = normalizer("ALE/Tetris-v5")
+    assert transform(3.0) == 3.0 and "no human/random reference scores for 'tetris'" in note
