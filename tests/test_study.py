@@ -18,7 +18,7 @@ from hetero_lr.preflight import check_pairings, probe_envs
 from hetero_lr.scores import ATARI_100K_GAMES, human_normalized, normalizer
 from hetero_lr.search_space import load_study, parse_arm, suggest
 from hetero_lr.study import main, run_seeds
-from hetero_lr.tracking import END_REASON, ROLE, Tracker
+from hetero_lr.tracking import END_REASON, ROLE
 from hetero_lr.train import DivergenceError, TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,14 +53,6 @@ def write_study(folder: Path, **changes) -> Path:
     data = {**TINY, **changes}
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(data))
-    return path
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory):
-    """An MLflow database with its schema (creating one takes seconds; copying it does not)."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    Tracker(f"sqlite:///{path}").prepare()
     return path
 
 

@@ -15,14 +15,6 @@ from hetero_lr.tracking import END_REASON, PARENT, ROLE, MlflowLogger, Tracker, 
 LOCKED = "(sqlite3.OperationalError) database is locked"
 
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory):
-    """An MLflow database with its schema (creating one takes seconds; copying it does not)."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    Tracker(f"sqlite:///{path}").prepare()
-    return path
-
-
 @pytest.fixture
 def tracker(tmp_path, empty_db):
     shutil.copy(empty_db, tmp_path / "mlflow.db")
