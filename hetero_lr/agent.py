@@ -106,7 +106,7 @@ class Agent:
     def __init__(
         self, pair: HeteroPair, cfg: AgentConfig, *, n_actions: int, device: torch.device
     ) -> None:
-        self.pair, self.cfg, self.n_actions, self.device = pair, cfg, n_actions, device
+        self.pair, self.cfg, self.n_actions = pair, cfg, n_actions
         params = list(pair.online.parameters())
         # Fused Adam is 6-9x faster than the default implementation on CPU (measured here).
         self.optimizer = torch.optim.Adam(

@@ -99,33 +99,29 @@ def parse_arm(text: str, *, check_networks: bool = True) -> Arm:
         ValueError: bad syntax, unknown family or rule, or a parameter-space rule between
             different architectures.
     """
+    from hetero_lr.networks import parse_pair
+
     pair, _, rule = str(text).partition("@")
     rule = rule or "replicate"
-    sides = pair.split(":")
-    if len(sides) != 2 or not all(sides):
-        raise ValueError(
-            f"bad pair {text!r}: expected ONLINE:TARGET with exactly one ':' and both sides "
-            "non-empty, e.g. impala:nature or nature:nature@hardcopy"
-        )
+    try:
+        online, target = parse_pair(pair, check=False)
+    except ValueError as err:
+        raise ValueError(f"{err} (a baseline: nature:nature@hardcopy)") from None
     if rule not in RULES:
         raise ValueError(
             f"unknown target-update rule {rule!r} in {text!r}; accepted: replicate, "
             "hardcopy, polyak"
         )
-    online, target = sides
     if rule != "replicate" and online != target:
         raise ValueError(
             f"{text!r}: {rule} copies parameters, so it needs the same network on "
             "both sides (e.g. nature:nature@hardcopy); use Replicate across families"
         )
     if check_networks:
-        from hetero_lr.networks import check_spec
-
-        for spec in dict.fromkeys(sides):
-            try:
-                check_spec(spec)
-            except ValueError as err:
-                raise ValueError(f"in pair {text!r}: {err}") from None
+        try:
+            parse_pair(pair)
+        except ValueError as err:
+            raise ValueError(f"in pair {text!r}: {err}") from None
     return Arm(online, target, rule)  # type: ignore[arg-type]
 
 

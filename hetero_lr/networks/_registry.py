@@ -148,15 +148,19 @@ def build_network(
     return QNetwork(encoder, head_module, spec=spec, obs_shape=obs_shape, support=support)
 
 
-def parse_pair(pair: str) -> tuple[str, str]:
-    """Split `ONLINE:TARGET` (e.g. `impala:timm/resnet18`) and check both names.
+def parse_pair(pair: str, *, check: bool = True) -> tuple[str, str]:
+    """Split `ONLINE:TARGET` (e.g. `impala:timm/resnet18`) and, with `check`, check both names.
 
     Raises:
         ValueError: not exactly one `:`, an empty side, or an unknown network.
     """
     parts = pair.split(":")
     if len(parts) != 2 or not all(parts):
-        raise ValueError(f"bad pair {pair!r}: expected ONLINE:TARGET, e.g. impala:nature")
-    for spec in parts:
-        check_spec(spec)
+        raise ValueError(
+            f"bad pair {pair!r}: expected ONLINE:TARGET with exactly one ':' and both sides "
+            "non-empty, e.g. impala:nature"
+        )
+    if check:
+        for spec in dict.fromkeys(parts):
+            check_spec(spec)
     return parts[0], parts[1]
