@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from hetero_lr.scores import normalizer
-from hetero_lr.study import open_storage
+from hetero_lr.study.storage import open_storage
 from hetero_lr.tracking import ROLE
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from analysis import plots
 from analysis.load import StudyData, best_trials, load_curves, load_study_data
 from analysis.stats import iqm, stratified_bootstrap_ci
-from hetero_lr.study_figures import searched_params
+from hetero_lr.study.summary import searched_params
 
 
 def final_scores_table(

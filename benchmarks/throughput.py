@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from hetero_lr.agent import Agent, Batch, build_pair
+from hetero_lr.agent import Batch
+from hetero_lr.build import build_learner
 from hetero_lr.config import TrainConfig, from_dict
 from hetero_lr.envs import make_env
 from hetero_lr.replay import ReplayMemory
@@ -29,6 +30,9 @@ class _SpsLogger:
         self.after, self.values = after, []
 
     def log_params(self, params) -> None:
+        pass
+
+    def rewind(self, step) -> None:
         pass
 
     def log_metrics(self, metrics, step) -> None:
@@ -47,9 +51,7 @@ def run_sps(cfg: TrainConfig) -> float:
 
 
 def update_ms(cfg: TrainConfig, repeats: int = 20) -> float:
-    pair = build_pair(cfg, (4, 84, 84), 4)
-    pair.to(memory_format=torch.channels_last)
-    agent = Agent(pair, cfg.agent, n_actions=4, device=torch.device("cpu"))
+    _, agent = build_learner(cfg, (4, 84, 84), 4)
     obs = torch.randint(0, 256, (32, 4, 84, 84), dtype=torch.uint8)
     batch = Batch(
         obs,

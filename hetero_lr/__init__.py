@@ -2,11 +2,13 @@
 
 Public API:
     build_network, list_networks, register_network  -- the Q-network registry
-    HeteroPair, Replicate, HardCopy, Polyak          -- online/target pair and update rules
+    HeteroPair                                       -- the online/target pair
+    Replicate, HardCopy, Polyak, TargetUpdate        -- target-update rules
 """
 
 from hetero_lr.networks import build_network, list_networks, register_network
-from hetero_lr.pair import HardCopy, HeteroPair, Polyak, Replicate, TargetUpdate
+from hetero_lr.pair import HeteroPair
+from hetero_lr.updaters import HardCopy, Polyak, Replicate, TargetUpdate
 
 __all__ = [
     "HardCopy",

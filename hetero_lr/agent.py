@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hetero_lr.config import AgentConfig, TargetConfig, TrainConfig
+from hetero_lr.config import AgentConfig
 from hetero_lr.losses import categorical_projection, gather_actions, td_loss
-from hetero_lr.networks import build_network, parse_pair
-from hetero_lr.pair import HardCopy, HeteroPair, Polyak, Replicate, TargetUpdate
+from hetero_lr.pair import HeteroPair
 
 
 class DivergenceError(RuntimeError):
@@ -40,49 +39,6 @@ class Batch:
     next_obs: Tensor  # [B, *obs_shape]
     discounts: Tensor  # [B] gamma^m, 0 after termination
     weights: Tensor  # [B] importance-sampling weights
-
-
-def head_name(cfg: AgentConfig) -> str:
-    """Registry head for the agent's options: `q`, `dueling`, `c51` or `dueling_c51`."""
-    if cfg.categorical:
-        return "dueling_c51" if cfg.dueling else "c51"
-    return "dueling" if cfg.dueling else "q"
-
-
-def make_update(cfg: TargetConfig, max_grad_norm: float | None = None) -> TargetUpdate:
-    """The target-update rule named by `cfg.rule`."""
-    match cfg.rule:
-        case "replicate":
-            return Replicate(
-                cfg.kr,
-                cfg.kl,
-                lr=cfg.lr,
-                variant=cfg.variant,
-                loss=cfg.loss,
-                schedule=cfg.schedule,
-                optimizer=cfg.optimizer,
-                max_grad_norm=max_grad_norm,
-            )
-        case "hardcopy":
-            return HardCopy(cfg.period)
-        case "polyak":
-            return Polyak(cfg.tau)
-    raise ValueError(f"unknown target rule {cfg.rule!r}; accepted: replicate, hardcopy, polyak")
-
-
-def build_pair(cfg: TrainConfig, obs_shape: tuple[int, ...], n_actions: int) -> HeteroPair:
-    """Online and target networks named by `cfg.pair`, with the configured head and rule."""
-    online_spec, target_spec = parse_pair(cfg.pair)
-    agent = cfg.agent
-    head = {
-        "head": head_name(agent),
-        "num_atoms": agent.num_atoms,
-        "v_min": agent.v_min,
-        "v_max": agent.v_max,
-    }
-    online = build_network(online_spec, obs_shape, n_actions, **head, **cfg.online_options)
-    target = build_network(target_spec, obs_shape, n_actions, **head, **cfg.target_options)
-    return HeteroPair(online, target, make_update(cfg.target, agent.max_grad_norm))
 
 
 def epsilon_at(step: int, cfg: AgentConfig) -> float:

@@ -3,15 +3,42 @@
 Every default names its source. Presets (`PRESETS`) are override dictionaries on top of these
 dataclasses, and study files in `studies/` hold only overrides and search spaces, never a copy
 of the defaults. Unknown keys are errors everywhere (`from_dict`).
+
+Every value from outside (`--set`, `--config` files, presets, study files, sampled study
+parameters, direct construction) goes through one function, `coerce`, which converts it to the
+field's declared type and checks the range declared next to the field with `Annotated`
+(`Ge`, `Gt`, `Interval`). A bad value raises a one-line `ValueError` naming the dotted key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any, Literal, TypeVar, get_args, get_type_hints
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+
+from hetero_lr._typed import Ge, Gt, Interval, coerce, coerce_fields, from_dict
+
+__all__ = [
+    "PRESETS",
+    "AgentConfig",
+    "EnvConfig",
+    "TargetConfig",
+    "TrainConfig",
+    "apply_preset",
+    "coerce",
+    "flatten",
+    "from_dict",
+    "load_overrides",
+    "parse_overrides",
+    "to_dict",
+]
+
+# --- Settings -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -25,43 +52,46 @@ class EnvConfig:
 
     id: str = "ALE/Breakout-v5"
     """Environment id: `ALE/<Game>-v5`, `MinAtar/<Game>-v1`, `CartPole-v1` or `Acrobot-v1`."""
-    num_envs: int = 8
+    num_envs: Annotated[int, Ge(1)] = 8
     """Parallel environment lanes for acting (ale-py's native vector env on Atari)."""
-    sticky_actions: float = 0.25
+    sticky_actions: Annotated[float, Interval(0, 1)] = 0.25
     """Probability of repeating the previous action (Machado et al. 2018; 0 for Atari 100k)."""
     full_action_space: bool = False
     """Use all 18 actions instead of the game's minimal set."""
-    frame_skip: int = 4
+    frame_skip: Annotated[int, Ge(1)] = 4
     """Emulator frames per agent step (with max-pooling over the last two)."""
-    frame_stack: int = 4
+    frame_stack: Annotated[int, Ge(1)] = 4
     """Frames stacked into one observation (Atari only)."""
-    screen_size: int = 84
+    screen_size: Annotated[int, Ge(1)] = 84
     """Side of the square grayscale frame (Atari only)."""
-    noop_max: int = 30
+    noop_max: Annotated[int, Ge(0)] = 30
     """Up to this many no-op actions after reset (Mnih et al. 2015)."""
-    max_episode_frames: int = 108_000
+    max_episode_frames: Annotated[int, Ge(1)] = 108_000
     """Episode cap in emulator frames (27,000 agent steps; Machado et al. 2018)."""
     terminal_on_life_loss: bool = False
     """Treat a lost life as terminal for learning (not recommended by Machado et al. 2018)."""
     clip_rewards: bool = True
     """Clip rewards to [-1, 1] for learning only; reported returns stay raw game scores."""
 
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+
 
 @dataclass(frozen=True)
 class AgentConfig:
     """DQN / Rainbow-lite learner. Defaults: Dopamine JAX DQN (`dqn.gin`), except the loss."""
 
-    gamma: float = 0.99
+    gamma: Annotated[float, Interval(0, 1, lo_open=True)] = 0.99
     """Discount factor."""
-    n_step: int = 1
+    n_step: Annotated[int, Ge(1)] = 1
     """Multi-step return length (Rainbow: 3)."""
-    batch_size: int = 32
+    batch_size: Annotated[int, Ge(1)] = 32
     """Transitions per gradient step."""
-    lr: float = 6.25e-5
+    lr: Annotated[float, Gt(0)] = 6.25e-5
     """Online Adam learning rate (Dopamine `dqn.gin` / `rainbow.gin`)."""
-    adam_eps: float = 1.5e-4
+    adam_eps: Annotated[float, Gt(0)] = 1.5e-4
     """Adam epsilon (Dopamine `dqn.gin` / `rainbow.gin`)."""
-    max_grad_norm: float | None = 10.0
+    max_grad_norm: Annotated[float | None, Gt(0)] = 10.0
     """Online gradient-norm clip (SB3 DQN default 10); None disables."""
     loss: Literal["mse", "huber"] = "huber"
     """TD loss for scalar heads (Nature DQN / SB3: Huber; Dopamine JAX: MSE)."""
@@ -71,32 +101,35 @@ class AgentConfig:
     """Dueling head (Wang et al. 2016)."""
     categorical: bool = False
     """C51 distributional head and loss (Bellemare et al. 2017)."""
-    num_atoms: int = 51
+    num_atoms: Annotated[int, Ge(2)] = 51
     """Atoms of the categorical support (C51)."""
     v_min: float = -10.0
-    """Lowest atom of the categorical support."""
+    """Lowest atom of the categorical support (must be below `v_max`)."""
     v_max: float = 10.0
     """Highest atom of the categorical support."""
     prioritized: bool = False
     """Prioritised replay (Schaul et al. 2016)."""
-    priority_alpha: float = 0.5
+    priority_alpha: Annotated[float, Ge(0)] = 0.5
     """Priority exponent (Dopamine Rainbow samples with priority^0.5)."""
-    priority_beta: float = 0.5
+    priority_beta: Annotated[float, Ge(0)] = 0.5
     """Importance-sampling exponent (Dopamine Rainbow keeps it fixed at 0.5)."""
-    buffer_size: int = 1_000_000
+    buffer_size: Annotated[int, Ge(1)] = 1_000_000
     """Replay capacity in transitions."""
-    learning_starts: int = 20_000
+    learning_starts: Annotated[int, Ge(0)] = 20_000
     """Agent steps of random-policy data before learning (Dopamine `min_replay_history`)."""
-    train_freq: int = 4
+    train_freq: Annotated[int, Ge(1)] = 4
     """Agent steps per online (Lookahead) gradient step (Dopamine `update_period`)."""
-    epsilon_start: float = 1.0
+    epsilon_start: Annotated[float, Interval(0, 1)] = 1.0
     """Initial exploration rate."""
-    epsilon_end: float = 0.01
+    epsilon_end: Annotated[float, Interval(0, 1)] = 0.01
     """Final exploration rate (Dopamine `epsilon_train`)."""
-    epsilon_decay_steps: int = 250_000
-    """Agent steps of linear epsilon decay (Dopamine `epsilon_decay_period`)."""
-    eval_epsilon: float = 0.001
+    epsilon_decay_steps: Annotated[int, Ge(0)] = 250_000
+    """Agent steps of linear epsilon decay (Dopamine `epsilon_decay_period`); 0: no decay."""
+    eval_epsilon: Annotated[float, Interval(0, 1)] = 0.001
     """Exploration rate of evaluation episodes (Dopamine `epsilon_eval`)."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
 
 
 @dataclass(frozen=True)
@@ -105,13 +138,13 @@ class TargetConfig:
 
     rule: Literal["replicate", "hardcopy", "polyak"] = "replicate"
     """Target-update rule; hardcopy and polyak need identical architectures."""
-    kr: int = 500
+    kr: Annotated[int, Ge(1)] = 500
     """Replicate gradient steps on the target per `kl` Lookahead (online) steps. Ours: 500 per
     2,000 costs what 1 per 4 does, and keeps the target fixed for a Dopamine target period
     (8,000 agent steps); KR/KL = 1/4 diverged (Q > 300) on Breakout by 75k steps here."""
-    kl: int = 2_000
+    kl: Annotated[int, Ge(1)] = 2_000
     """Lookahead (online) gradient steps between Replicate phases."""
-    lr: float = 1e-4
+    lr: Annotated[float, Gt(0)] = 1e-4
     """Learning rate of the target's own optimizer."""
     variant: Literal["all_actions", "taken_action"] = "all_actions"
     """Regress all actions' outputs, or only the replayed action's."""
@@ -121,11 +154,14 @@ class TargetConfig:
     """Run `kr` steps after every `kl` online steps, or spread them evenly."""
     optimizer: Literal["adam", "sgd"] = "adam"
     """Optimizer of the target network."""
-    period: int = 2_000
+    period: Annotated[int, Ge(1)] = 2_000
     """HardCopy: online gradient steps between copies (Dopamine's 8,000 agent steps at an
     update every 4 steps)."""
-    tau: float = 0.005
+    tau: Annotated[float, Interval(0, 1, lo_open=True)] = 0.005
     """Polyak: blend factor per online gradient step (BBF: 0.005)."""
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
 
 
 @dataclass(frozen=True)
@@ -141,19 +177,20 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
-    steps: int = 100_000
+    steps: Annotated[int, Ge(1)] = 100_000
     """Agent steps (environment steps summed over lanes; 1 step = `frame_skip` frames)."""
-    seed: int = 0
-    """Seeds networks, replay sampling, exploration and environments."""
-    eval_every: int = 25_000
+    seed: Annotated[int, Interval(0, 2**32 - 1)] = 0
+    """Seeds networks, replay sampling, exploration and environments (`np.random.seed` takes
+    32-bit seeds)."""
+    eval_every: Annotated[int, Ge(1)] = 25_000
     """Agent steps between evaluations (and at the end of the run)."""
-    eval_episodes: int = 10
+    eval_episodes: Annotated[int, Ge(1)] = 10
     """Episodes per evaluation."""
-    eval_max_steps: int = 27_000
+    eval_max_steps: Annotated[int, Ge(1)] = 27_000
     """Cap on agent steps per evaluation episode (108,000 frames / 4)."""
-    log_every: int = 1_000
+    log_every: Annotated[int, Ge(1)] = 1_000
     """Agent steps between rows of averaged training metrics."""
-    checkpoint_every: int = 50_000
+    checkpoint_every: Annotated[int, Ge(0)] = 50_000
     """Agent steps between checkpoints (when an output folder is set); 0 disables."""
     device: str = "auto"
     """`auto` (CUDA where present), `cpu`, `cuda` or `cuda:N`."""
@@ -163,32 +200,47 @@ class TrainConfig:
     """`torch.compile` both networks (pays a one-off compile time)."""
     bf16: bool = False
     """bf16 autocast for forward passes on CUDA."""
-    threads: int = 0
+    threads: Annotated[int, Ge(0)] = 0
     """Torch intra-op threads (0: leave torch's default)."""
 
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        _check_cross_fields(self)
 
-C = TypeVar("C")
 
+def _check_cross_fields(cfg: TrainConfig) -> None:
+    """Checks that span fields (single-field ranges live in the `Annotated` types above)."""
+    agent = cfg.agent
+    if agent.v_min >= agent.v_max:
+        raise ValueError(f"agent.v_min={agent.v_min!r} must be < agent.v_max={agent.v_max!r}")
+
+
+# Every preset inherits the defaults it does not override, ours included (gradient-norm clip 10,
+# the Replicate target rule with KR/KL = 500/2,000); each comment says what comes from its
+# source and marks our own choices "ours".
 PRESETS: dict[str, dict[str, Any]] = {
     # Nature DQN as run by Dopamine (`dopamine/jax/agents/dqn/configs/dqn.gin`): Adam 6.25e-5,
-    # eps 1.5e-4, 1M replay, 20k warm-up, update every 4, target every 8,000, epsilon to 0.01
-    # over 250k steps; the loss is Huber as in the Nature paper.
+    # eps 1.5e-4, 1M replay, 20k warm-up, update every 4, epsilon to 0.01 over 250k steps, and
+    # with `target.rule=hardcopy` a copy every 8,000 agent steps (2,000 updates). Ours: the
+    # Huber loss (the Nature paper's; Dopamine JAX uses MSE), the clip, 8 acting lanes.
     "dqn": {},
-    # Dopamine's Rainbow (`rainbow.gin`): C51 with 51 atoms in [-10, 10], 3-step returns,
-    # prioritised replay (priority^0.5, fixed beta 0.5), Adam 6.25e-5 / eps 1.5e-4.
+    # Dopamine's Rainbow (Castro et al. 2018, `dopamine/agents/rainbow/configs/rainbow.gin`):
+    # C51 with 51 atoms in [-10, 10], 3-step returns, prioritised replay (priority^0.5, fixed
+    # beta 0.5), Adam 6.25e-5 / eps 1.5e-4, the rest as `dqn`. As in that file, no double DQN,
+    # dueling head or noisy nets (Hessel et al.'s full Rainbow has all three). Ours: the
+    # cross-entropy Replicate loss between the two nets' distributions.
     "rainbow": {
-        "agent": {
-            "categorical": True,
-            "n_step": 3,
-            "prioritized": True,
-            "double": True,
-            "dueling": True,
-        },
+        "agent": {"categorical": True, "n_step": 3, "prioritized": True},
         "target": {"loss": "cross_entropy"},
     },
-    # Data-efficient Rainbow for Atari 100k (van Hasselt et al. 2019; Dopamine
-    # `labs/atari_100k/configs/DER.gin`): no sticky actions, life-loss terminals, 10-step
-    # returns, an update every step after 1,600 steps, target every 2,000 updates, Adam 1e-4.
+    # Data-efficient Rainbow for Atari 100k (van Hasselt et al. 2019, as in Dopamine's
+    # `labs/atari_100k/configs/DER.gin`): no sticky actions, life-loss terminals, C51, dueling,
+    # double DQN, 10-step returns, prioritised replay, an update every step after 1,600 steps,
+    # target every 2,000 updates, Adam 1e-4 / eps 1.5e-4, 100k steps, 100 evaluation episodes.
+    # Ours, and unlike the source: no noisy nets (this package has none), so exploration is
+    # epsilon-greedy from 1 to 0.01 over DER.gin's 2,000-step decay period (Dopamine holds
+    # epsilon at 0.01 beside its noisy layers); a 100k replay (DER.gin's 1M never fills in 100k
+    # steps, so both hold every transition); one acting lane; the cross-entropy Replicate loss.
     "der": {
         "env": {"sticky_actions": 0.0, "terminal_on_life_loss": True, "num_envs": 1},
         "agent": {
@@ -209,9 +261,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_every": 100_000,
         "eval_episodes": 100,
     },
-    # MinAtar (Young & Tian 2019, `examples/dqn.py`): batch 32, replay 100k, warm-up 5,000,
-    # an update every step, target every 1,000, epsilon 1 -> 0.1 over 100k steps, gamma 0.99,
-    # sticky actions 0.1 (MinAtar's default); RMSProp 2.5e-4 in the paper, Adam here.
+    # MinAtar (Young & Tian 2019, `examples/dqn.py`): one environment, batch 32, replay 100k,
+    # warm-up 5,000, an update every step, target every 1,000, epsilon 1 -> 0.1 over 100k
+    # steps, gamma 0.99, Huber loss, sticky actions 0.1 (MinAtar's default), their network
+    # (`minatar`: one 16-channel conv, 128 hidden units). Ours: Adam 2.5e-4 with eps 3.125e-4
+    # (= 0.01 / 32) instead of centred RMSProp 2.5e-4 (eps 0.01, momentum 0.95); 1M steps
+    # instead of 5M; evaluation every 50k steps.
     "minatar": {
         "env": {"id": "MinAtar/Breakout-v1", "num_envs": 1, "sticky_actions": 0.1},
         "agent": {
@@ -228,10 +283,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "steps": 1_000_000,
         "eval_every": 50_000,
     },
-    # CartPole / Acrobot for quick checks, after CleanRL `dqn.py` (Adam 2.5e-4, batch 128, MSE,
-    # epsilon to 0.05; 500k steps with an update every 10) compressed to 50k steps with an
-    # update every step: the same ~49k updates. Replicate KR/KL = 1/1 with the target at the
-    # online learning rate is ours (lr 1e-3 for both diverged here).
+    # CartPole / Acrobot for quick checks, after CleanRL `dqn.py` (Adam 2.5e-4 with torch's eps
+    # 1e-8, batch 128, MSE, epsilon to 0.05, raw rewards; 500k steps with an update every 10)
+    # compressed to 50k steps with an update every step: the same ~49k updates. Ours: double
+    # DQN, a 50k replay (CleanRL 10k), 1k warm-up (10k), epsilon decay over 10k steps (250k),
+    # a copy every 500 updates (CleanRL: every 500 steps = 50 updates), the evaluation, and
+    # Replicate KR/KL = 1/1 with the target at the online learning rate (lr 1e-3 for both
+    # diverged here).
     "cartpole": {
         "env": {"id": "CartPole-v1", "num_envs": 1, "clip_rewards": False},
         "pair": "mlp:mlp",
@@ -255,37 +313,62 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_literal(cls: type, name: str, value: Any, hint: Any) -> None:
-    choices = get_args(hint)
-    if getattr(hint, "__origin__", None) is Literal and value not in choices:
-        raise ValueError(
-            f"{cls.__name__}.{name}={value!r} is not one of {', '.join(map(repr, choices))}"
-        )
+# --- Entry points ---------------------------------------------------------------------------
 
 
-def from_dict(cls: type[C], data: Mapping[str, Any], *, base: C | None = None) -> C:
-    """Build (or override `base` of) a config dataclass from a nested mapping.
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`["agent.lr=1e-4", "steps=100"]` -> `{"agent": {"lr": "1e-4"}, "steps": 100}`.
+
+    Values are read as YAML (`{width: 2}` gives a mapping, `true` a boolean); `from_dict` then
+    converts them to their fields' types (YAML 1.1 leaves `1e-4` a string).
 
     Raises:
-        ValueError: on an unknown key (naming it and the accepted ones) or a bad Literal value.
+        ValueError: one line, for an item that is not KEY=VALUE or a value that is not YAML.
     """
-    base = cls() if base is None else base
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    changes: dict[str, Any] = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in names:
-            raise ValueError(
-                f"unknown {cls.__name__} key {key!r}; accepted: {', '.join(sorted(names))}"
-            )
-        current = getattr(base, name)
-        if is_dataclass(current) and isinstance(value, Mapping):
-            value = from_dict(type(current), value, base=current)
-        else:
-            _check_literal(cls, name, value, hints[name])
-        changes[name] = value
-    return replace(base, **changes)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = [part.strip() for part in key.split(".")]
+        if not sep or not all(parts):
+            raise ValueError(f"bad --set {item!r}; expected KEY=VALUE, e.g. agent.lr=1e-4")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"bad --set {item!r}: {_one_line(err)}") from None
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"bad --set {item!r}: {part!r} was given a value earlier")
+        node[parts[-1]] = value
+    return out
+
+
+def load_overrides(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file of `TrainConfig` overrides (`--config`); an empty file gives `{}`.
+
+    Raises:
+        ValueError: one line, for an unreadable file, invalid YAML or a top level that is not a
+            mapping.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or _one_line(err)
+        raise ValueError(f"cannot read config file {str(path)!r}: {reason}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {_one_line(err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"config file {str(path)!r} must hold a mapping of settings, not {type(data).__name__}"
+        )
+    return dict(data)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def apply_preset(name: str, base: TrainConfig | None = None) -> TrainConfig:

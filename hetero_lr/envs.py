@@ -8,6 +8,7 @@ whole-game scores reported when a game ends.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,14 +62,16 @@ class VecEnv:
         self,
         env: VectorEnv,
         *,
-        reset_seed: Any,
+        seed: int,
+        lane_seeds: Callable[[int], Any],
         protocol: dict[str, Any],
         frame_stack: int = 1,
         transform: Callable[[np.ndarray], np.ndarray] = np.asarray,
         life_loss_terminal: bool = False,
     ) -> None:
         self._env = env
-        self._reset_seed = reset_seed
+        self._lane_seeds = lane_seeds
+        self._reset_seed = lane_seeds(seed)
         self._transform = transform
         self._life_loss_terminal = life_loss_terminal
         self.num_envs = env.num_envs
@@ -82,19 +85,57 @@ class VecEnv:
         self._lengths = np.zeros(self.num_envs, np.int64)
         self._lives = np.zeros(self.num_envs, np.int64)
 
-    def reset(self) -> np.ndarray:
+    def reset(self, seed: int | None = None) -> np.ndarray:
         """Start a new game in every lane and return the (N, *obs_shape) observations.
 
-        The first call seeds lane i with the i-th seed derived from `make_env`'s seed; later
-        calls continue each lane's random stream, so they stay reproducible without replaying
-        the same games.
+        The first call seeds lane i with the i-th seed derived from `make_env`'s seed (or from
+        `seed` when given); later calls continue each lane's random stream, so they stay
+        reproducible without replaying the same games.
         """
+        if seed is not None:
+            self._reset_seed = self._lane_seeds(seed)
         obs, info = self._env.reset(seed=self._reset_seed)
         self._reset_seed = None
         self._returns[:] = 0.0
         self._lengths[:] = 0
         self._lives[:] = info.get("lives", 0)
         return self._transform(obs)
+
+    @property
+    def restorable(self) -> bool:
+        """Whether `state_dict` captures the games exactly (mid-episode, RNGs included).
+
+        True for the gymnasium backends (MinAtar, classic control), whose environments pickle;
+        ale-py's native vector env exposes no snapshot of its emulators.
+        """
+        return isinstance(self._env, SyncVectorEnv)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Score counters of the running games, and the games themselves where `restorable`."""
+        state: dict[str, Any] = {
+            "returns": self._returns.copy(),
+            "lengths": self._lengths.copy(),
+            "lives": self._lives.copy(),
+        }
+        if self.restorable:
+            state["envs"] = pickle.dumps(self._env.envs)  # game state, wrappers and RNGs
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
+        """Continue the saved games; returns False when they could not be restored (Atari).
+
+        After False, the caller must `reset` (with a fresh seed) before stepping.
+        """
+        if "envs" not in state or not self.restorable:
+            return False
+        envs = pickle.loads(state["envs"])
+        if len(envs) != self.num_envs:
+            raise ValueError(f"saved state has {len(envs)} lanes, this env has {self.num_envs}")
+        self._env.envs = envs
+        self._returns[:] = state["returns"]
+        self._lengths[:] = state["lengths"]
+        self._lives[:] = state["lives"]
+        return True
 
     def step(self, actions: np.ndarray) -> EnvStep:
         """Apply one action per lane; lanes whose game ended restart in the same step."""
@@ -222,7 +263,8 @@ def _make_atari(cfg: EnvConfig, seed: int, n: int) -> VecEnv:
     }
     return VecEnv(
         env,
-        reset_seed=np.array(lane_seeds(seed, n), dtype=np.int64),
+        seed=seed,
+        lane_seeds=lambda s: np.array(lane_seeds(s, n), dtype=np.int64),
         protocol=protocol,
         frame_stack=cfg.frame_stack,
         life_loss_terminal=cfg.terminal_on_life_loss,
@@ -291,4 +333,10 @@ def _make_gymnasium(
         "terminal_on_life_loss": False,
         "reward_clipping_in_env": False,
     }
-    return VecEnv(env, reset_seed=lane_seeds(seed, n), protocol=protocol, transform=transform)
+    return VecEnv(
+        env,
+        seed=seed,
+        lane_seeds=lambda s: lane_seeds(s, n),
+        protocol=protocol,
+        transform=transform,
+    )

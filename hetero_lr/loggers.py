@@ -21,6 +21,9 @@ class Logger(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Record scalar metrics at an agent step."""
 
+    def rewind(self, step: int) -> None:
+        """Forget metrics logged after `step`: a run resumed from there logs them again."""
+
     def close(self) -> None:
         """Flush and release resources."""
 
@@ -34,6 +37,9 @@ class NullLogger:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
+    def rewind(self, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -42,31 +48,53 @@ class CSVLogger:
     """Appends metrics as long-format rows `step,key,value` to `metrics.csv` in a folder.
 
     Long format keeps the file valid when later rows bring new keys, and appending keeps a
-    resumed run's history in one file.
+    resumed run's history in one file (`rewind` drops the rows a resumed run logs again). The
+    folder is created at the first write, so a run refused before it starts leaves nothing.
     """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / "metrics.csv"
-        new = not path.exists()
-        self._file = path.open("a", newline="")
-        self._writer = csv.writer(self._file)
-        if new:
-            self._writer.writerow(["step", "key", "value"])
+        self.path = self.folder / "metrics.csv"
+        self._file: Any = None
+        self._writer: Any = None
+
+    def _open(self) -> Any:
+        if self._writer is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
+            self._file = self.path.open("a", newline="")
+            self._writer = csv.writer(self._file)
+            if new:
+                self._writer.writerow(["step", "key", "value"])
+        return self._writer
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / "params.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["key", "value"])
             writer.writerows(sorted(params.items()))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._writer.writerows([step, k, v] for k, v in metrics.items())
+        self._open().writerows([step, k, v] for k, v in metrics.items())
         self._file.flush()
 
+    def rewind(self, step: int) -> None:
+        self.close()
+        if not self.path.exists():
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if int(r[0]) <= step]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        tmp.replace(self.path)
+
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+        self._file = self._writer = None
 
 
 class ConsoleLogger:
@@ -83,6 +111,9 @@ class ConsoleLogger:
         if shown:
             body = "  ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
             print(f"step {step:>9,d}  {body}", flush=True)
+
+    def rewind(self, step: int) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -101,6 +132,10 @@ class MultiLogger:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
+
+    def rewind(self, step: int) -> None:
+        for logger in self.loggers:
+            logger.rewind(step)
 
     def close(self) -> None:
         for logger in self.loggers:

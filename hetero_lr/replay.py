@@ -161,7 +161,7 @@ class ReplayMemory:
         alpha: Priority exponent: a transition is drawn with probability proportional to
             (priority + eps)^alpha.
         beta: Importance-sampling exponent; a plain attribute, so it may be annealed.
-        seed: Seeds the sampling generator.
+        seed: Seeds the sampling generator (an int or a `SeedSequence`).
     """
 
     def __init__(
@@ -177,7 +177,7 @@ class ReplayMemory:
         prioritized: bool = False,
         alpha: float = 0.5,
         beta: float = 0.5,
-        seed: int = 0,
+        seed: int | np.random.SeedSequence = 0,
     ) -> None:
         obs_shape = tuple(obs_shape)
         _require(
@@ -334,8 +334,11 @@ class ReplayMemory:
         self._complete(self._lanes, full | ended, terminated)
         self._running &= ~done
 
-    def sample(self, batch_size: int) -> ReplayBatch:
+    def sample(self, batch_size: int, *, rng: np.random.Generator | None = None) -> ReplayBatch:
         """Draws `batch_size` valid transitions with replacement.
+
+        `rng` draws instead of the memory's own generator (e.g. for diagnostics that must not
+        shift the training stream); nothing else in the memory changes.
 
         Uniform sampling draws independently; prioritised sampling draws one transition from each
         of `batch_size` equal-mass segments (Schaul et al. 2016, Appendix B.2.1).
@@ -350,12 +353,13 @@ class ReplayMemory:
         )
         if self._num_valid == 0:
             raise RuntimeError("cannot sample: no transition has a complete n-step window yet")
+        rng = self._rng if rng is None else rng
         if self._tree is None:
-            indices = self._sample_uniform(batch_size)
+            indices = self._sample_uniform(batch_size, rng)
             weights = np.ones(batch_size, np.float32)
         else:
             total = self._tree.total
-            segments = np.arange(batch_size) + self._rng.random(batch_size)
+            segments = np.arange(batch_size) + rng.random(batch_size)
             indices = self._tree.find(segments * (total / batch_size))
             probs = self._tree.get(indices) / total
             weights = (self._num_valid * probs) ** -self.beta
@@ -459,7 +463,7 @@ class ReplayMemory:
         self.beta = float(state["beta"])
         self._rng.bit_generator.state = state["rng"]
 
-    def _sample_uniform(self, batch_size: int) -> np.ndarray:
+    def _sample_uniform(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """Draws valid flat indices uniformly, with replacement, by rejection over written rows.
 
         Dopamine's `sample_index_batch` retries invalid draws the same way. Each round draws a
@@ -469,7 +473,7 @@ class ReplayMemory:
         indices = np.empty(0, np.int64)
         while len(indices) < batch_size:
             need = batch_size - len(indices)
-            draws = self._rng.integers(0, written, int(1.25 * need * written / self._num_valid) + 8)
+            draws = rng.integers(0, written, int(1.25 * need * written / self._num_valid) + 8)
             indices = np.concatenate([indices, draws[self._valid[draws]][:need]])
         return indices
 

@@ -237,6 +237,9 @@ class MlflowLogger:
         """Log the run's settings as MLflow params (immediately)."""
         self.tracker.log_params(self.run_id, params)
 
+    def rewind(self, step: int) -> None:
+        """MLflow keeps metric history: a resumed run's repeated steps appear twice."""
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer scalar metrics at an agent step; None values are skipped."""
         now_ms = int(time.time() * 1000)

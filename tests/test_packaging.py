@@ -41,7 +41,9 @@ def test_readme_pair_example_runs():
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
     pair = namespace["pair"]
-    assert pair.update.online_steps == 1 and namespace["metrics"] == {"replicate_steps": 0}
+    assert pair.update.online_steps == 1 and namespace["metrics"] == {
+        "perf/replicate_steps_per_update": 0
+    }
 
 
 def test_readme_lists_every_registered_network():
@@ -50,3 +52,23 @@ def test_readme_lists_every_registered_network():
     readme = (ROOT / "README.md").read_text()
     for name in list_networks("[!t]*"):
         assert f"| `{name}` |" in readme, name
+
+
+def test_package_discovery_installs_analysis_and_the_study_package():
+    """`analysis` ships with `hetero_lr` (it imports `hetero_lr.study.storage`)."""
+    from setuptools import find_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = set(find_packages(where=str(ROOT), **find["find"]))
+    assert {"analysis", "hetero_lr", "hetero_lr.study", "hetero_lr.networks"} <= packages
+    assert not packages & {"tests", "benchmarks", "studies"}
+
+
+def test_console_scripts_name_importable_functions():
+    import importlib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["hetero-lr-study"] == "hetero_lr.study.cli:main"
+    for target in scripts.values():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), target

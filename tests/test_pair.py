@@ -50,8 +50,8 @@ def test_replicate_closes_the_gap_between_different_families():
     for _ in range(80):
         metrics = pair.step(sample)
     assert pair.function_gap(held_out) < 0.1 * gap_before
-    assert metrics["replicate_steps"] == 1
-    assert metrics["replicate_loss_after"] < metrics["replicate_loss_before"] * 10
+    assert metrics["perf/replicate_steps_per_update"] == 1
+    assert metrics["loss/replicate_after"] < metrics["loss/replicate_before"] * 10
     for name, value in online.state_dict().items():  # frozen online: untouched by Replicate
         assert torch.equal(value, online_before[name]), name
     assert all(p.grad is None for p in online.parameters())
@@ -65,14 +65,17 @@ def test_replicate_loss_reaches_only_the_target():
 
 
 def test_taken_action_variant_only_involves_replayed_actions():
-    pair = _mlp_pair(Replicate(1, 1, variant="taken_action"))
+    rule = Replicate(1, 1, variant="taken_action")
+    pair = _mlp_pair(rule)
     obs, actions = torch.randn(16, 6), torch.full((16,), 2)
-    pair.replicate_loss(obs, actions).backward()
+    rule.replicate_loss(pair, obs, actions).backward()
     head_grad = pair.target.head.fc.weight.grad  # [A, features]: one row per action
     assert head_grad[2].abs().sum() > 0
     assert torch.all(head_grad[[0, 1, 3]] == 0)
     with pytest.raises(ValueError, match="needs the replayed actions"):
-        pair.replicate_loss(obs)
+        rule.replicate_loss(pair, obs)
+    with pytest.raises(ValueError, match="needs the replayed actions"):
+        pair.replicate_loss(obs, variant="taken_action")
 
 
 def test_all_actions_loss_matches_the_definition():
@@ -87,9 +90,11 @@ def test_all_actions_loss_matches_the_definition():
 def test_cross_entropy_needs_categorical_heads():
     with pytest.raises(ValueError, match="categorical"):
         _mlp_pair(Replicate(1, 1, loss="cross_entropy"))
-    pair = _mlp_pair(Replicate(1, 1, loss="cross_entropy"), head="c51")
+    rule = Replicate(1, 1, loss="cross_entropy")
+    pair = _mlp_pair(rule, head="c51")
     obs = torch.randn(16, 6)
-    loss = pair.replicate_loss(obs)
+    loss = rule.replicate_loss(pair, obs)
+    assert torch.equal(loss, pair.replicate_loss(obs, loss="cross_entropy"))
     with torch.no_grad():
         p_online = pair.online(obs).softmax(-1)
         log_p_target = pair.target(obs).log_softmax(-1)
@@ -102,7 +107,7 @@ def test_replicate_steps_per_online_step_match_kr_over_kl(kr, kl, schedule):
     rule = Replicate(kr, kl, schedule=schedule)
     pair = _mlp_pair(rule, width=4)
     sample = _sampler(torch.randn(64, 6), batch=4)
-    per_call = [pair.step(sample)["replicate_steps"] for _ in range(kl * 60 + 3)]
+    per_call = [pair.step(sample)["perf/replicate_steps_per_update"] for _ in range(kl * 60 + 3)]
     calls = len(per_call)
     expected_total = (calls // kl) * kr if schedule == "block" else calls * kr // kl
     assert sum(per_call) == expected_total == rule.replicate_steps
@@ -141,7 +146,8 @@ def test_hardcopy_copies_every_period_and_polyak_blends():
     sample = _sampler(torch.randn(8, 6))
     with torch.no_grad():
         online.head.fc.bias.add_(1.0)
-    assert [pair.step(sample).get("target_copies", 0) for _ in range(6)] == [0, 0, 1, 0, 0, 1]
+    copies = [pair.step(sample)["perf/target_copies_per_update"] for _ in range(6)]
+    assert copies == [0, 0, 1, 0, 0, 1]  # a rate: its mean over calls is 1 / period
     assert torch.equal(pair.target.head.fc.bias, online.head.fc.bias)
     assert not any(p.requires_grad for p in pair.target.parameters())
 

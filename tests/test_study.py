@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import optuna
@@ -14,10 +16,11 @@ import yaml
 from mlflow import MlflowClient
 
 from hetero_lr.config import flatten
-from hetero_lr.preflight import check_pairings, probe_envs
 from hetero_lr.scores import ATARI_100K_GAMES, human_normalized, normalizer
-from hetero_lr.search_space import load_study, parse_arm, suggest
 from hetero_lr.study import main, run_seeds
+from hetero_lr.study.preflight import check_pairings, probe_envs
+from hetero_lr.study.spec import load_study, parse_arm, suggest
+from hetero_lr.study.storage import check_storage_url
 from hetero_lr.tracking import END_REASON, ROLE
 from hetero_lr.train import DivergenceError, TrainResult
 
@@ -254,12 +257,14 @@ def test_resume_adds_trials_and_keeps_finished_ones(tmp_path, results, capsys):
         (["--sampler", "cmaes"], "tiny", "unknown sampler 'cmaes'; accepted: tpe, random, grid"),
         (["--pruner", "sha"], "tiny", "unknown pruner 'sha'; accepted: median, hyperband"),
         (["--seeds", "0"], "tiny", "--seeds must be >= 1"),
-        ([], {"space": {"kr": {"int": [0, 4]}}}, "kr and kl must be >= 1"),
-        ([], {"space": {"kl": [0, 1]}}, "kr and kl must be >= 1"),
+        ([], {"space": {"kr": {"int": [0, 4]}}}, "search dimension 'kr': target.kr=0 must be >= 1"),
+        ([], {"space": {"kl": [0, 1]}}, "search dimension 'kl': target.kl=0 must be >= 1"),
+        ([], {"space": {"agent.lr": ["fast"]}}, "agent.lr='fast' is not a finite number"),
+        ([], {"pruning": {"patience": -1}}, "pruning.patience=-1 must be >= 0"),
         ([], {"config": {"target": {"kl": 0}}}, "target.kl=0 must be >= 1"),
         ([], {"bogus": 1}, "unknown key 'bogus'"),
         ([], {"config": {"agent": {"lrr": 1}}}, "unknown AgentConfig key 'lrr'"),
-        ([], {"space": {"target.variant": ["all"]}}, "TargetConfig.variant='all'"),
+        ([], {"space": {"target.variant": ["all"]}}, "target.variant='all'"),
         ([], {"sampler": "grid", "space": {"kl": {"int": [1, 8], "log": True}}}, "grid sampler"),
         ([], "missing", "cannot read study file"),
         ([], "not yaml", "not valid YAML"),
@@ -292,6 +297,71 @@ def test_unknown_flag_is_one_line_exit_2(capsys):
         main(["--pair", "impala:nature", "--trails", "3"])
     assert exc.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_unknown_storage_scheme_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    study_file = write_study(tmp_path)
+    results = tmp_path / "results"
+    args = ["--study", str(study_file), "--storage", "nosuchscheme://x", "--results", str(results)]
+    code = main(args, train_fn=fake_train)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "'nosuchscheme://x'" in err and "sqlite:///PATH" in err and "Traceback" not in err
+    assert not results.exists()
+
+
+def test_unknown_storage_scheme_exits_2_from_the_module_command(tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hetero_lr.study",
+            "--study",
+            str(write_study(tmp_path)),
+            "--storage",
+            "nosuchscheme://x",
+            "--results",
+            str(results),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "nosuchscheme://x" in proc.stderr and not results.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("results/optuna.journal", None),
+        ("sqlite:///results/optuna.db", None),
+        ("nosuchscheme://x", "unknown scheme 'nosuchscheme'"),
+        ("sqlite+nosuchdriver:///x.db", "unknown scheme 'sqlite+nosuchdriver'"),
+        ("://x", "not a database URL"),
+    ],
+)
+def test_check_storage_url(url, message):
+    if message is None:
+        check_storage_url(url)
+        return
+    with pytest.raises(ValueError, match=re.escape(message)) as exc:
+        check_storage_url(url)
+    assert repr(url) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_console_script_help():
+    script = Path(sysconfig.get_path("scripts")) / "hetero-lr-study"
+    found = str(script) if script.exists() else shutil.which("hetero-lr-study")
+    assert found, "the hetero-lr-study console script is not installed (pip install -e .)"
+    proc = subprocess.run([found, "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: hetero-lr-study") and "--storage" in proc.stdout
 
 
 @pytest.mark.slow
@@ -368,6 +438,28 @@ def test_suggest_samples_and_converts():
         "replicate",
     )
     assert cfg.env.id == "MinAtar/Breakout-v1" and cfg.agent.train_freq == 1  # preset kept
+
+
+def test_study_values_are_typed_on_the_settings_path():
+    """A study file's `config:` block and sampled values convert like `--set` values do."""
+    from hetero_lr.study.spec import parse_study
+
+    data = {
+        "name": "typed",
+        "config": {"agent": {"lr": "1e-4", "double": "yes"}, "steps": 1.0e3},
+        "pairings": ["mlp:mlp"],
+        "space": {"target.lr": {"float": [1.0e-5, 1.0e-3], "log": True}, "kr": [1, 2]},
+    }
+    spec = parse_study(data)
+    assert (spec.base.agent.lr, spec.base.agent.double, spec.base.steps) == (1e-4, True, 1000)
+    assert type(spec.base.steps) is int
+    import numpy as np  # samplers may hand back NumPy scalars
+
+    trial = optuna.trial.FixedTrial({"pair": "mlp:mlp", "target.lr": np.float64(2e-4), "kr": 2})
+    _, cfg = suggest(trial, spec)
+    assert type(cfg.target.lr) is float and cfg.target.lr == 2e-4
+    with pytest.raises(ValueError, match=r"agent\.double='maybe' is not a boolean"):
+        parse_study({**data, "config": {"agent": {"double": "maybe"}}})
 
 
 def test_run_seeds_are_derived_and_prefix_stable():

@@ -14,36 +14,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from tiny_configs import tiny
 
-from hetero_lr.agent import Agent, Batch, DivergenceError, build_pair, epsilon_at
+from hetero_lr.agent import Agent, Batch, DivergenceError, epsilon_at
+from hetero_lr.build import build_pair
 from hetero_lr.config import AgentConfig, TrainConfig, apply_preset, from_dict
 from hetero_lr.loggers import CSVLogger
-from hetero_lr.train import main, train
-
-TINY = {
-    "pair": "mlp:mlp",
-    "online_options": {"hidden": [32]},
-    "target_options": {"hidden": [24, 24]},
-    "env": {"id": "CartPole-v1", "num_envs": 2},
-    "agent": {
-        "learning_starts": 200,
-        "buffer_size": 2_000,
-        "train_freq": 2,
-        "batch_size": 16,
-        "epsilon_decay_steps": 500,
-    },
-    "target": {"kr": 1, "kl": 2},
-    "steps": 800,
-    "eval_every": 400,
-    "eval_episodes": 2,
-    "eval_max_steps": 100,
-    "checkpoint_every": 400,
-    "log_every": 200,
-}
-
-
-def tiny(**overrides) -> TrainConfig:
-    return from_dict(TrainConfig, overrides, base=from_dict(TrainConfig, TINY))
+from hetero_lr.train import build_parser, config_from_args, main, train
 
 
 def _batch(n: int = 8, *, rewards=None, discounts=None) -> Batch:
@@ -196,15 +173,17 @@ def test_cli_resumes_after_kill_9(tmp_path):
     time.sleep(1.0)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    saved = torch.load(out / "checkpoint.pt", weights_only=False)["state"]["step"]
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)["counters"]["step"]
     assert saved >= 300
     cmd[cmd.index("100000")] = str(saved + 300)
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     finished = int(re.search(r"done: ([\d,]+) steps", done.stdout).group(1).replace(",", ""))
     assert saved + 300 <= finished < saved + 300 + 8  # 8 lanes step together
-    steps = [int(r[0]) for r in csv.reader((out / "metrics.csv").open()) if r[0] != "step"]
-    assert max(steps) >= saved + 300
+    rows = [tuple(r[:2]) for r in csv.reader((out / "metrics.csv").open()) if r[0] != "step"]
+    assert max(int(step) for step, _ in rows) >= saved + 300
+    logged_rows = [r for r in rows if not r[1].startswith("charts/episod")]  # lanes tie
+    assert len(logged_rows) == len(set(logged_rows))  # the killed run's extra rows are gone
 
 
 @pytest.mark.parametrize(
@@ -213,18 +192,73 @@ def test_cli_resumes_after_kill_9(tmp_path):
         (["--pair", "mlp-mlp"], "bad pair 'mlp-mlp'"),
         (["--pair", "mlp:nope"], "unknown network 'nope'"),
         (["--kr", "0"], "target.kr=0 must be >= 1"),
+        (["--kl", "two"], "target.kl='two' is not an integer"),
+        (["--steps", "abc"], "steps='abc' is not an integer"),
+        (["--set", "steps=abc"], "steps='abc' is not an integer"),
+        (["--set", "agent.double=maybe"], "agent.double='maybe' is not a boolean"),
+        (["--set", "agent.batch_size=3.5"], "agent.batch_size=3.5 is not an integer"),
+        (["--set", "agent.lr=-1e-4"], "agent.lr=-0.0001 must be > 0"),
         (["--target-update", "copy:5"], "bad --target-update 'copy:5'"),
+        (["--target-update", "hardcopy:x"], "target.period='x' is not an integer"),
         (["--set", "agent.lrr=1"], "unknown AgentConfig key 'lrr'"),
-        (["--set", "target.variant=some"], "target.variant" if False else "TargetConfig.variant"),
+        (["--set", "target.variant=some"], "target.variant='some' is not one of"),
+        (["--set", "lr"], "bad --set 'lr'; expected KEY=VALUE"),
         (["--env", "Pong"], "unsupported environment id 'Pong'"),
         (["--pair", "nature:nature", "--env", "CartPole-v1"], "cannot take observations"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
-def test_cli_bad_input_is_one_line_exit_2(args, message, capsys, tmp_path):
-    code = main(["--env", "CartPole-v1", "--steps", "10", "--out", str(tmp_path), *args])
+def test_cli_bad_input_is_one_line_exit_2_and_leaves_nothing(args, message, capsys, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--env", "CartPole-v1", "--steps", "10", "--out", str(out), *args]
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--set", "agent.double=maybe"], ["--steps", "abc"], ["--config", "missing.yaml"]],
+)
+def test_cli_bad_input_from_a_subprocess(args, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "hetero_lr.train", "--env", "CartPole-v1", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not out.exists()
+
+
+def test_cli_settings_are_typed_from_every_flag():
+    """The README's example: YAML reads `1e-4` as text; it must arrive as a float."""
+    args = build_parser().parse_args(
+        ["--preset", "rainbow", "--kr", "2", "--kl", "8", "--set", "agent.lr=1e-4",
+         "--set", "agent.max_grad_norm=none", "--target-update", "replicate", "--steps", "1_000"]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert cfg.agent.lr == 1e-4 and isinstance(cfg.agent.lr, float)
+    assert (cfg.target.kr, cfg.target.kl, cfg.steps) == (2, 8, 1_000)
+    assert cfg.agent.max_grad_norm is None and cfg.agent.categorical
+
+
+def test_hardcopy_reports_a_true_copy_rate(tmp_path):
+    logger = CSVLogger(tmp_path)
+    cfg = tiny(target_options={"hidden": [32]}, target={"rule": "hardcopy", "period": 5})
+    train(cfg, logger=logger, progress=False)
+    logger.close()
+    rates = [float(r[2]) for r in csv.reader((tmp_path / "metrics.csv").open())
+             if r[1] == "perf/target_copies_per_update"]  # fmt: skip
+    # Each 200-step row averages 100 updates, 20 of them copies; the first row starts learning.
+    assert len(rates) == 4 and rates[1:] == pytest.approx([0.2] * 3)
 
 
 @pytest.mark.atari

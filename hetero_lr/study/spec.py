@@ -35,10 +35,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 
+from hetero_lr._typed import Ge, Interval, coerce_fields
 from hetero_lr.config import TrainConfig, apply_preset, flatten, from_dict
 
 if TYPE_CHECKING:
@@ -194,12 +195,15 @@ class Pruning:
         p_threshold: WilcoxonPruner's p-value threshold (its default, 0.1).
     """
 
-    min_evals: int = 2
-    patience: int = 2
-    startup_trials: int = 5
-    min_trials: int = 3
-    reduction_factor: int = 3
-    p_threshold: float = 0.1
+    min_evals: Annotated[int, Ge(1)] = 2
+    patience: Annotated[int, Ge(0)] = 2
+    startup_trials: Annotated[int, Ge(1)] = 5
+    min_trials: Annotated[int, Ge(1)] = 3
+    reduction_factor: Annotated[int, Ge(2)] = 3
+    p_threshold: Annotated[float, Interval(0, 1, lo_open=True)] = 0.1
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
 
 
 @dataclass(frozen=True)
@@ -347,10 +351,7 @@ def parse_study(data: Mapping[str, Any]) -> StudySpec:
     objective = data.get("objective") or {}
     if set(objective) - {"last_evals"}:
         raise ValueError(f"unknown objective key {sorted(objective)[0]!r}; accepted: last_evals")
-    try:
-        pruning = from_dict(Pruning, pruning_data)
-    except ValueError as err:
-        raise ValueError(str(err).replace("Pruning", "pruning")) from None
+    pruning = from_dict(Pruning, pruning_data, prefix="pruning.")
     spec = StudySpec(
         name=name,
         description=str(data.get("description") or ""),
@@ -376,23 +377,17 @@ def check_spec(spec: StudySpec) -> None:
     """Check everything that can be checked without building environments or networks.
 
     Raises:
-        ValueError: unknown preset, config key or value, kr/kl below 1, a search dimension
-            that names no `TrainConfig` field, a bad sampler or pruner, or no pairing.
+        ValueError: unknown preset, config key or value (type or range), a search dimension
+            that names no `TrainConfig` field or reaches a value its field rejects, a bad
+            sampler or pruner, or no pairing.
     """
-    base = spec.base  # unknown preset or config keys raise here
-    for name in ("kr", "kl"):
-        if getattr(base.target, name) < 1:
-            raise ValueError(f"config target.{name}={getattr(base.target, name)} must be >= 1")
+    base = spec.base  # unknown preset or config keys, or values out of range, raise here
     _choice(spec.sampler, "sampler", SAMPLERS)
     _choice(spec.pruner, "pruner", PRUNERS)
     if not spec.pairings:
         raise ValueError(
             "no pairing: give --pair ONLINE:TARGET, --pairs or 'pairings' in the study file"
         )
-    for field_name in ("min_evals", "startup_trials", "min_trials"):
-        _int(getattr(spec.pruning, field_name), f"pruning.{field_name}", 1)
-    _int(spec.pruning.patience, "pruning.patience", 0)
-    _int(spec.pruning.reduction_factor, "pruning.reduction_factor", 2)
     fields = flatten(base)
     for p in spec.space:
         if p.path in ("pair", "seed") or p.path not in fields:
@@ -401,12 +396,11 @@ def check_spec(spec: StudySpec) -> None:
                 "dotted path such as target.lr, target.variant, agent.lr"
             )
         values = p.choices if p.kind == "categorical" else (p.low, p.high)
-        for value in values:
-            if p.path in ("target.kr", "target.kl") and value < 1:
-                raise ValueError(
-                    f"search dimension {p.name!r} reaches {value}: kr and kl must be >= 1"
-                )
-            convert(base, {p.name: value}, spec.pairings[0])  # bad Literal values raise
+        for value in values:  # each end of a range, each choice: type and range checked
+            try:
+                convert(base, {p.name: value}, spec.pairings[0])
+            except ValueError as err:
+                raise ValueError(f"search dimension {p.name!r}: {err}") from None
     if spec.sampler == "grid":
         spec.grid()
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hetero_lr.config import TrainConfig
-from hetero_lr.search_space import Arm, StudySpec
+from hetero_lr.study.spec import Arm, StudySpec
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,11 @@ def check_pairings(spec: StudySpec, envs: Sequence[EnvInfo]) -> None:
     """
     import torch
 
-    from hetero_lr.agent import build_pair
-    from hetero_lr.train import validate
+    from hetero_lr.build import build_pair
 
     shapes = {env.obs_shape: env for env in envs}
     for arm in (*spec.pairings, *spec.baseline_arms):
         cfg = _arm_config(spec.base, arm)
-        validate(cfg)
         for env in shapes.values():
             try:
                 pair = build_pair(cfg, env.obs_shape, env.n_actions)
@@ -90,11 +88,10 @@ def estimate_seconds(spec: StudySpec, envs: Sequence[EnvInfo], *, workers: int) 
     """Rough wall time of the study on this device, from a few timed updates.
 
     Per run: `(steps - learning_starts) / train_freq` online updates (timed with the agent's
-    own update, bootstrap included) plus `kr / kl` Replicate steps each (timed as a target
-    forward-backward-Adam step with an online forward; `kr`, `kl` at the geometric middle of
-    the search space); one acting forward per `num_envs` agent steps; the environment at the
-    rate measured by `probe_envs`; evaluations assumed to last `min(eval_max_steps, 2,000)`
-    steps per episode.
+    own update, bootstrap included) plus `kr / kl` Replicate steps each (timed through the
+    rule's own step; `kr`, `kl` at the geometric middle of the search space); one acting
+    forward per `num_envs` agent steps; the environment at the rate measured by `probe_envs`;
+    evaluations assumed to last `min(eval_max_steps, 2,000)` steps per episode.
     """
     import torch
 
@@ -144,13 +141,13 @@ def _time_updates(cfg: TrainConfig, env: EnvInfo, reps: int = 3) -> dict[str, fl
     """Seconds per online update, per Replicate step and per acting forward."""
     import torch
 
-    from hetero_lr.agent import Agent, Batch, build_pair
+    from hetero_lr.agent import Batch
+    from hetero_lr.build import build_learner
 
+    # KR = KL = 1: every `pair.step` is one Replicate step, timed through the rule itself.
+    cfg = replace(cfg, target=replace(cfg.target, kr=1, kl=1))
+    pair, agent = build_learner(cfg, env.obs_shape, env.n_actions)
     device = run_device(cfg.device)
-    pair = build_pair(cfg, env.obs_shape, env.n_actions).to(device)
-    if cfg.channels_last and len(env.obs_shape) == 3:
-        pair.to(memory_format=torch.channels_last)
-    agent = Agent(pair, cfg.agent, n_actions=env.n_actions, device=device)
     b = cfg.agent.batch_size
     obs = _zeros_obs(env, b).to(device)
     batch = Batch(
@@ -162,12 +159,9 @@ def _time_updates(cfg: TrainConfig, env: EnvInfo, reps: int = 3) -> dict[str, fl
         torch.ones(b, device=device),
     )
     acting = _zeros_obs(env, cfg.env.num_envs).to(device)
-    target_opt = torch.optim.Adam(pair.target.parameters(), fused=device.type in ("cpu", "cuda"))
 
     def replicate() -> None:
-        target_opt.zero_grad()
-        pair.replicate_loss(obs, batch.actions).backward()
-        target_opt.step()
+        pair.step(lambda: (obs, batch.actions))
 
     def timed(fn: Callable[[], Any]) -> float:
         fn()  # warm-up: allocations, lazy modules, optimizer state
@@ -197,6 +191,6 @@ def _geo(spec: StudySpec, name: str, default: float) -> float:
 
 def run_device(name: str) -> Any:
     """The torch device a run with `TrainConfig.device == name` uses (ValueError if absent)."""
-    from hetero_lr.train import resolve_device
+    from hetero_lr.build import resolve_device
 
     return resolve_device(name)

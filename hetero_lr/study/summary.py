@@ -1,4 +1,4 @@
-"""Figures a finished study attaches to its MLflow study run (PNG, matplotlib).
+"""The end of a study: figures (PNG), best trial and trial table on its MLflow study run.
 
 Optuna's `optuna.visualization.matplotlib` backend is used rather than the default plotly one:
 it needs no plotly/kaleido install and writes PNGs offline. A figure that cannot be drawn yet
@@ -18,12 +18,61 @@ matplotlib.use("Agg")  # files only; no display in workers or on servers
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
+from mlflow.entities import Metric
 from optuna.visualization import matplotlib as ovm
+
+from hetero_lr.study._console import now_ms, say
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from hetero_lr.tracking import Tracker
+
+
+def finish_study(
+    study: optuna.Study, tracker: Tracker, run_id: str, status: str, reason: str | None
+) -> None:
+    """Figures, best trial and trial table to the study run; end it; print a summary line."""
+    skipped = log_study_figures(study, tracker, run_id)
+    tags: dict[str, Any] = {"figures.skipped": "; ".join(skipped) or "none"}
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if complete:
+        best = study.best_trial
+        tags.update(
+            {
+                "best.trial": best.number,
+                "best.value": best.value,
+                "best.pairing": best.user_attrs.get("pairing", ""),
+            }
+        )
+        tags.update({f"best.{k}": v for k, v in best.params.items()})
+        tracker.log_dict(
+            run_id,
+            {
+                "number": best.number,
+                "value": best.value,
+                "params": best.params,
+                "pairing": best.user_attrs.get("pairing"),
+                "config": best.user_attrs.get("config"),
+                "run_scores": best.user_attrs.get("run_scores"),
+                "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+            },
+            "best_trial.json",
+        )
+        tracker.log_metrics(run_id, [Metric("best_value", best.value, now_ms(), len(complete))])
+    tracker.log_text(run_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
+    tracker.set_tags(run_id, tags)
+    tracker.end_run(run_id, status, reason)  # type: ignore[arg-type]
+    counts = {s.name: 0 for s in optuna.trial.TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] += 1
+    summary = ", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c)
+    best_text = (
+        f"best {tags['best.value']:.4g} (trial {tags['best.trial']}, {tags['best.pairing']})"
+        if "best.trial" in tags
+        else "no complete trial"
+    )
+    say(f"study {study.study_name!r}: {summary}; {best_text}")
 
 
 def objective_by_pairing(study: optuna.Study) -> Figure:

@@ -1,0 +1,371 @@
+"""One training run as an object you can step: build -> `run_until` -> `evaluate` -> save/load.
+
+The loop in `run_until` reads top to bottom like CleanRL's `dqn_atari.py`: act -> env step ->
+store -> learn (a Lookahead step, then `HeteroPair.step` for the target) -> log. Evaluation and
+checkpoints are the caller's: `hetero_lr.train.train` drives one run start to finish, and a
+study can advance several runs side by side, evaluation period by evaluation period.
+
+Stepping is exact: `run_until(a); run_until(b)` equals `run_until(b)`, and `state_dict()` ->
+`load_state_dict()` in a fresh run continues as if never stopped (replay, optimizers, counters,
+the metric window and every random stream included). One exception: ale-py's native vector env
+has no snapshot, so an Atari run restarts its games after a load (the replay closes the cut
+episodes as truncated) with lanes seeded afresh from the run seed and the step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hetero_lr import seeding
+from hetero_lr.agent import Batch, epsilon_at
+from hetero_lr.build import build_learner, resolve_device
+from hetero_lr.config import TrainConfig, flatten
+from hetero_lr.envs import make_env
+from hetero_lr.evaluation import evaluate
+from hetero_lr.loggers import Logger, NullLogger
+from hetero_lr.replay import ReplayMemory
+
+# Settings a resumed run may change: how long and where it runs, not what it computes.
+RESUMABLE_CHANGES = ("steps", "device", "threads", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished (or early-stopped) run returns."""
+
+    steps: int
+    """Agent steps done."""
+    eval_steps: list[int]
+    """Agent step of each evaluation."""
+    eval_returns: list[float]
+    """Mean raw evaluation return at each evaluation."""
+    final_return: float
+    """`eval_returns[-1]` (NaN when no evaluation ran)."""
+    stopped_early: bool
+    """The caller stopped before `cfg.steps` (e.g. a pruner)."""
+    wall_time: float
+    """Seconds since this process built the run (a resumed run counts only its own part)."""
+    online_params: int
+    target_params: int
+
+
+class TrainingRun:
+    """A DQN-family agent whose target follows `cfg.target.rule`, advanced in steps.
+
+    Args:
+        cfg: the run's settings.
+        logger: receives metrics by agent step (`log_params` is the caller's, see `params`).
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: a device, environment or network pairing that cannot be built.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, *, logger: Logger | None = None, progress: bool = False
+    ) -> None:
+        self.cfg = cfg
+        self.logger = logger or NullLogger()
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(seeding.int_seed(cfg.seed, "torch"))
+        self.envs = make_env(cfg.env, seed=seeding.int_seed(cfg.seed, "env"))
+        try:
+            self.pair, self.agent = build_learner(cfg, self.envs.obs_shape, self.envs.n_actions)
+        except BaseException:
+            self.envs.close()
+            raise
+        self.replay = ReplayMemory(
+            capacity=cfg.agent.buffer_size,
+            num_lanes=self.envs.num_envs,
+            obs_shape=self.envs.obs_shape,
+            obs_dtype=self.envs.obs_dtype,
+            frame_stack=self.envs.frame_stack,
+            n_step=cfg.agent.n_step,
+            gamma=cfg.agent.gamma,
+            prioritized=cfg.agent.prioritized,
+            alpha=cfg.agent.priority_alpha,
+            beta=cfg.agent.priority_beta,
+            seed=seeding.stream(cfg.seed, "replay"),
+        )
+        self._explore_rng = seeding.generator(cfg.seed, "exploration")
+        self._diagnostics_rng = seeding.generator(cfg.seed, "diagnostics")
+        self._autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self._pin = self.device.type == "cuda"
+        self.step = 0
+        """Agent steps done (summed over lanes)."""
+        self.updates = 0
+        """Online (Lookahead) gradient steps done."""
+        self.eval_steps: list[int] = []
+        self.eval_returns: list[float] = []
+        self._obs = self.envs.reset()
+        self.replay.start_episodes(np.arange(self.envs.num_envs), self._obs)
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._next_log = cfg.log_every
+        self._recent_returns: deque[float] = deque(maxlen=20)
+        self._started = self._last_time = time.perf_counter()
+        self._last_step = 0
+        self._bar: Any = _progress_bar(cfg.steps, enabled=progress)
+
+    # ---- what the caller reads ----
+
+    @property
+    def done(self) -> bool:
+        """Whether `cfg.steps` agent steps have been taken."""
+        return self.step >= self.cfg.steps
+
+    @property
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts of the online and target networks."""
+        return {
+            "online_params": sum(p.numel() for p in self.pair.online.parameters()),
+            "target_params": sum(p.numel() for p in self.pair.target.parameters()),
+        }
+
+    def params(self) -> dict[str, Any]:
+        """The resolved settings, the environment protocol in force and the network sizes."""
+        return (
+            flatten(self.cfg)
+            | {f"env.protocol.{k}": v for k, v in self.envs.protocol.items()}
+            | self.param_counts
+            | {"online_family": self.pair.online.spec, "target_family": self.pair.target.spec}
+        )
+
+    def result(self, *, stopped_early: bool = False) -> TrainResult:
+        """The run's evaluations so far as a `TrainResult`."""
+        return TrainResult(
+            steps=self.step,
+            eval_steps=list(self.eval_steps),
+            eval_returns=list(self.eval_returns),
+            final_return=self.eval_returns[-1] if self.eval_returns else float("nan"),
+            stopped_early=stopped_early,
+            wall_time=time.perf_counter() - self._started,
+            **self.param_counts,
+        )
+
+    # ---- advancing ----
+
+    def run_until(self, step: int) -> None:
+        """Act, store and learn until `step` agent steps (capped at `cfg.steps`) are done.
+
+        Lanes step together, so the run may pass `step` by up to `num_envs - 1`.
+
+        Raises:
+            DivergenceError: the TD loss or the Q-values became non-finite or exploded.
+        """
+        cfg, envs, replay = self.cfg, self.envs, self.replay
+        stop = min(step, cfg.steps)
+        while self.step < stop:
+            # act
+            epsilon = epsilon_at(self.step, cfg.agent)
+            actions = self.agent.act(self._to_device(self._obs), epsilon, self._explore_rng)
+            # env step; store clipped rewards (learning only), keep raw returns for reports
+            result = envs.step(actions)
+            rewards = np.clip(result.rewards, -1, 1) if cfg.env.clip_rewards else result.rewards
+            replay.add(actions, rewards, result.terminated, result.truncated, result.final_obs)
+            ended = np.flatnonzero(result.terminated | result.truncated)
+            if ended.size:
+                replay.start_episodes(ended, result.obs[ended])
+            self._obs = result.obs
+            self.step += envs.num_envs
+            for _, score, length in result.episode_returns:
+                self._recent_returns.append(score)
+                self.logger.log_metrics(
+                    {"charts/episodic_return": score, "charts/episode_length": length}, self.step
+                )
+            # learn: one Lookahead step per `train_freq` agent steps, then the target rule
+            if self.step >= cfg.agent.learning_starts and len(replay) > 0:
+                while self.updates < self.step // cfg.agent.train_freq:
+                    self._update()
+            else:  # keep the update counter aligned so learning starts without a backlog
+                self.updates = self.step // cfg.agent.train_freq
+            if self.step >= self._next_log:
+                self._log_row(epsilon)
+            self._bar.update(envs.num_envs)
+
+    def _update(self) -> None:
+        raw = self.replay.sample(self.cfg.agent.batch_size)
+        to_device = self._to_device
+        batch = Batch(
+            obs=to_device(raw.obs),
+            actions=to_device(raw.actions),
+            rewards=to_device(raw.rewards),
+            next_obs=to_device(raw.next_obs),
+            discounts=to_device(raw.discounts),
+            weights=to_device(raw.weights),
+        )
+        with self._autocast:
+            metrics, priorities = self.agent.update(batch)
+            metrics |= self.pair.step(self._replicate_sample)
+        if self.cfg.agent.prioritized:
+            self.replay.update_priorities(raw.indices, priorities.float().cpu().numpy())
+        self.updates += 1
+        for key, value in metrics.items():
+            if value == value:  # NaN: no value at this update
+                self._sums[key] = self._sums.get(key, 0.0) + value
+                self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _replicate_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.replay.sample(self.cfg.agent.batch_size)
+        return self._to_device(b.obs), self._to_device(b.actions)
+
+    def _to_device(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x)
+        return (t.pin_memory() if self._pin else t).to(self.device, non_blocking=self._pin)
+
+    def _log_row(self, epsilon: float) -> None:
+        """Averaged training metrics since the last row, at the first step past `log_every`."""
+        now = time.perf_counter()
+        row = {k: v / self._counts[k] for k, v in self._sums.items()}
+        row["charts/epsilon"] = epsilon
+        row["perf/sps"] = (self.step - self._last_step) / max(now - self._last_time, 1e-9)
+        row["perf/updates"] = self.updates
+        if len(self.replay) >= self.cfg.agent.batch_size:
+            obs = self.replay.sample(256, rng=self._diagnostics_rng).obs
+            row["gap/function"] = self.pair.function_gap(self._to_device(obs))
+        self.logger.log_metrics(row, self.step)
+        self._sums.clear()
+        self._counts.clear()
+        self._last_time, self._last_step = now, self.step
+        self._next_log = (self.step // self.cfg.log_every + 1) * self.cfg.log_every
+        recent = self._recent_returns
+        self._bar.set_postfix(
+            sps=f"{row['perf/sps']:.0f}",
+            eps=f"{epsilon:.3f}",
+            ret=f"{np.mean(recent):.1f}" if recent else "-",
+        )
+
+    def evaluate(self) -> float:
+        """Play `cfg.eval_episodes` evaluation episodes now; returns the mean raw game score.
+
+        Each evaluation has its own environments and random stream, keyed by the agent step,
+        so evaluating (or not) never changes training.
+        """
+        cfg = self.cfg
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            return self.pair.act_values(self._to_device(obs)).argmax(dim=1).cpu().numpy()
+
+        returns = evaluate(
+            act,
+            cfg.env,
+            episodes=cfg.eval_episodes,
+            seed=seeding.int_seed(cfg.seed, "evaluation", self.step),
+            epsilon=cfg.agent.eval_epsilon,
+            max_steps=cfg.eval_max_steps,
+        )
+        mean = float(np.mean(returns))
+        self.eval_steps.append(self.step)
+        self.eval_returns.append(mean)
+        self.logger.log_metrics(
+            {"eval/return_mean": mean, "eval/return_std": float(np.std(returns))}, self.step
+        )
+        return mean
+
+    # ---- checkpoints ----
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (see the module docstring).
+
+        The replay's arrays share memory with the live buffer: save before stepping again.
+        """
+        return {
+            "config": flatten(self.cfg),
+            "pair": self.pair.state_dict(),
+            "optimizer": self.agent.optimizer.state_dict(),
+            "replay": self.replay.state_dict(),
+            "envs": self.envs.state_dict(),
+            "obs": self._obs,
+            "rngs": {
+                "exploration": self._explore_rng.bit_generator.state,
+                "diagnostics": self._diagnostics_rng.bit_generator.state,
+                "torch": torch.get_rng_state(),
+            },
+            "counters": {"step": self.step, "updates": self.updates},
+            "evaluations": {"steps": list(self.eval_steps), "returns": list(self.eval_returns)},
+            "log": {
+                "sums": dict(self._sums),
+                "counts": dict(self._counts),
+                "next_log": self._next_log,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` of a run with the same settings.
+
+        Raises:
+            ValueError: the saved run used other settings (beyond `RESUMABLE_CHANGES`).
+        """
+        saved, mine = state["config"], flatten(self.cfg)
+        differ = sorted(
+            k
+            for k in saved.keys() | mine.keys()
+            if saved.get(k) != mine.get(k) and k not in RESUMABLE_CHANGES
+        )
+        if differ:
+            raise ValueError(
+                f"the checkpoint was made with other settings ({', '.join(differ[:5])} "
+                "differ); resume with the same ones"
+            )
+        self.pair.load_state_dict(state["pair"])
+        self.agent.optimizer.load_state_dict(state["optimizer"])
+        self.replay.load_state_dict(state["replay"])
+        self._explore_rng.bit_generator.state = state["rngs"]["exploration"]
+        self._diagnostics_rng.bit_generator.state = state["rngs"]["diagnostics"]
+        torch.set_rng_state(state["rngs"]["torch"])
+        self.step = state["counters"]["step"]
+        self.updates = state["counters"]["updates"]
+        self.eval_steps = list(state["evaluations"]["steps"])
+        self.eval_returns = list(state["evaluations"]["returns"])
+        self._sums = dict(state["log"]["sums"])
+        self._counts = dict(state["log"]["counts"])
+        self._next_log = state["log"]["next_log"]
+        if self.envs.load_state_dict(state["envs"]):
+            self._obs = state["obs"]
+        else:  # new games, seeded apart from every earlier reset of this run
+            self._obs = self.envs.reset(seed=seeding.int_seed(self.cfg.seed, "env", self.step))
+            self.replay.start_episodes(np.arange(self.envs.num_envs), self._obs)
+        self._last_time, self._last_step = time.perf_counter(), self.step
+        self._bar.reset(total=self.cfg.steps)
+        self._bar.update(self.step)
+
+    def save(self, path: str | Path) -> None:
+        """Write `state_dict()` to `path` atomically: a crash mid-write keeps the old file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        """Continue from a file written by `save` (our own file: full unpickling)."""
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+
+    def close(self) -> None:
+        """Release the environments and the progress bar."""
+        self._bar.close()
+        self.envs.close()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _progress_bar(total: int, *, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0)

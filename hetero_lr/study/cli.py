@@ -1,0 +1,229 @@
+"""The `hetero-lr-study` command line: flags and study file -> `StudySettings`, then a run.
+
+Settings: command-line flag > study file > `DEFAULT_STUDY`. Storage (default: one results
+folder): Optuna in a journal file (`JournalFileBackend`; Optuna's FAQ advises against SQLite for
+parallel workers) and MLflow in `sqlite:///.../mlflow.db` (the default backend since MLflow 3.7;
+the `./mlruns` file store is refused from MLflow 3.13). Running the same command again resumes
+the study: it adds `--trials` trials and keeps finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hetero_lr import tracking
+from hetero_lr._cli import OneLineParser
+from hetero_lr.study._console import duration
+from hetero_lr.study.objective import TrainFn
+from hetero_lr.study.preflight import check_pairings, estimate_seconds, probe_envs, run_device
+from hetero_lr.study.runner import run_study
+from hetero_lr.study.settings import SettingsMismatch, StudySettings, run_seeds
+from hetero_lr.study.spec import (
+    PRUNERS,
+    SAMPLERS,
+    load_study,
+    parse_arm,
+    parse_baselines,
+    with_overrides,
+)
+from hetero_lr.study.storage import check_storage_url, check_tracking_uri
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `hetero-lr-study` argument parser."""
+    p = OneLineParser(
+        prog="hetero-lr-study",
+        description="Optuna study over Lookahead-Replicate KR/KL and network pairings, logged "
+        "to MLflow. Precedence: flag > study file > built-in default study.",
+    )
+    p.add_argument("--study", metavar="FILE", help="study YAML (default: the built-in study)")
+    p.add_argument("--pair", metavar="ONLINE:TARGET", help="fixed pairing, e.g. impala:nature")
+    p.add_argument("--pairs", metavar="A:B,C:D", help="pairings to search over")
+    p.add_argument(
+        "--baselines",
+        metavar="auto|none|F,..",
+        help="HardCopy baselines: auto (each family), none, or families/arms",
+    )
+    p.add_argument("--env", metavar="ID", help="environment id, e.g. ALE/Pong-v5")
+    p.add_argument("--steps", type=int, metavar="N", help="agent steps per run")
+    p.add_argument("--trials", type=int, metavar="N", help="trials this invocation adds")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds (runs) per trial")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL or journal file path (default: RESULTS/optuna.journal)",
+    )
+    p.add_argument("--study-name", metavar="NAME", help="default: PAIR__STUDY or STUDY")
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: sqlite:///RESULTS/mlflow.db)",
+    )
+    p.add_argument("--sampler", metavar="|".join(SAMPLERS), help="default: the study's")
+    p.add_argument("--pruner", metavar="|".join(PRUNERS), help="default: the study's")
+    p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="local worker processes sharing the study (default 1)",
+    )
+    p.add_argument(
+        "--results",
+        default="results",
+        metavar="DIR",
+        help="folder for the default storage, tracking and checkpoints",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved study and the time estimate, write nothing",
+    )
+    return p
+
+
+def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings:
+    """Study file + flags -> settings; checks everything that needs no environment.
+
+    Raises:
+        ValueError: bad input, as a one-line message naming the value and what is accepted.
+    """
+    spec = load_study(args.study)
+    for flag in ("steps", "trials", "seeds", "workers"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "trials" else 1):
+            raise ValueError(f"--{flag} must be >= {0 if flag == 'trials' else 1}, got {value}")
+    if args.pair and args.pairs:
+        raise ValueError("give --pair or --pairs, not both")
+    pairings = None
+    if args.pair or args.pairs:
+        texts = [args.pair] if args.pair else [t for t in args.pairs.split(",") if t]
+        pairings = tuple(parse_arm(t) for t in texts)
+        for arm in pairings:
+            if arm.rule != "replicate":
+                raise ValueError(f"pairing {arm.label!r}: pass baselines with --baselines")
+    baselines = parse_baselines(args.baselines) if args.baselines is not None else None
+    config = dict(spec.config)
+    if args.steps is not None:
+        config["steps"] = args.steps
+    if args.device is not None:
+        config["device"] = args.device
+    spec = with_overrides(
+        spec,
+        pairings=pairings,
+        baselines=baselines,
+        envs=(args.env,) if args.env else None,
+        config=config,
+        trials=args.trials,
+        seeds=args.seeds,
+        sampler=args.sampler,
+        pruner=args.pruner,
+    )
+    results = Path(args.results).resolve()
+    storage = args.storage or str(results / "optuna.journal")
+    tracking_uri = args.tracking_uri or f"sqlite:///{results / 'mlflow.db'}"
+    check_tracking_uri(tracking_uri)
+    check_storage_url(storage)
+    db = tracking.sqlite_path(tracking_uri)
+    name = args.study_name or (
+        f"{spec.pairings[0].pair}__{spec.name}" if len(spec.pairings) == 1 else spec.name
+    )
+    return StudySettings(
+        spec=spec,
+        study_name=name,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        artifact_root=str(db.parent / "mlartifacts") if db else None,
+        results=str(results),
+        workers=args.workers,
+        run_seeds=run_seeds(spec.seed, spec.seeds),
+        progress=args.workers == 1 and sys.stderr.isatty(),
+        command=" ".join(["hetero-lr-study", *argv]),
+    )
+
+
+def banner(settings: StudySettings, estimate: dict[str, Any] | None) -> str:
+    """What will run, where it is stored, and how long it should take."""
+    spec, base = settings.spec, settings.spec.base
+    baselines = ", ".join(a.label for a in spec.baseline_arms) or "none"
+    lines = [
+        f"study {settings.study_name!r}: {spec.description or spec.name}",
+        f"  pairings   {', '.join(a.label for a in spec.pairings)}   baselines {baselines}",
+        f"  envs       {', '.join(spec.env_ids)}   {base.steps:,} steps/run, evaluation every "
+        f"{base.eval_every:,} ({base.eval_episodes} episodes), objective: mean of the last "
+        f"{spec.last_evals}",
+        f"  seeds      {spec.seeds} per trial {list(settings.run_seeds)} (study seed {spec.seed})",
+        f"  space      {'; '.join(p.describe() for p in spec.space) or '(pairing only)'}",
+        f"  trials     {spec.trials} (+ baselines not yet run)   sampler {spec.sampler}   "
+        f"pruner {spec.pruner}   workers {settings.workers}",
+        f"  storage    {settings.storage}",
+        *(
+            [
+                "  note       Optuna's FAQ advises against SQLite for parallel workers: use a "
+                "journal file or PostgreSQL"
+            ]
+            if settings.storage.startswith("sqlite") and settings.workers > 1
+            else []
+        ),
+        f"  tracking   {settings.tracking_uri}   (browse: mlflow ui --backend-store-uri "
+        f"{settings.tracking_uri})",
+    ]
+    if estimate:
+        runs = ", ".join(f"{k} {duration(v)}" for k, v in estimate["per_run"].items())
+        lines.append(
+            f"  estimate   ~{duration(estimate['total'])} on {estimate['device']} "
+            f"(rough; per run: {runs})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) -> int:
+    """`hetero-lr-study` / `python -m hetero_lr.study`. Returns the exit code.
+
+    Bad input (pair syntax, unknown family, incompatible pairing, kr/kl < 1, unreadable study
+    file or unknown key, unknown sampler or pruner, a storage URL of an unknown scheme or
+    without its driver, a file-store tracking URI) prints one line and returns 2 before
+    anything is written.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines replace its log
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = resolve(args, argv)
+        run_device(settings.spec.base.device)  # e.g. cuda requested where there is none
+        envs = probe_envs(settings.spec)
+        check_pairings(settings.spec, envs)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    estimate = estimate_seconds(settings.spec, envs, workers=settings.workers)
+    print(banner(settings, estimate), flush=True)
+    if args.dry_run:
+        import yaml
+
+        print(
+            yaml.safe_dump(
+                {
+                    "study": settings.spec.to_dict(),
+                    "study_name": settings.study_name,
+                    "storage": settings.storage,
+                    "tracking_uri": settings.tracking_uri,
+                    "run_seeds": list(settings.run_seeds),
+                },
+                sort_keys=False,
+            )
+        )
+        return 0
+    try:
+        return run_study(settings, train_fn=train_fn)
+    except SettingsMismatch as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2

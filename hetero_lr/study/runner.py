@@ -1,0 +1,238 @@
+"""Running a study: create or resume it, spawn workers, print progress, record provenance."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+
+from hetero_lr.study._console import duration, say, worker_prefix
+from hetero_lr.study.objective import Objective, TrainFn
+from hetero_lr.study.settings import StudySettings, check_fingerprint, flat_params
+from hetero_lr.study.spec import StudySpec
+from hetero_lr.study.storage import make_pruner, make_sampler, open_storage
+from hetero_lr.tracking import Tracker
+
+
+def run_study(settings: StudySettings, *, train_fn: TrainFn | None = None) -> int:
+    """Create or resume the study, run its trials in `settings.workers` processes, report.
+
+    Returns:
+        0 when every worker finished, 1 when a worker crashed, 130 on Ctrl-C.
+    """
+    train_fn = train_fn or _default_train()
+    spec = settings.spec
+    storage = open_storage(settings.storage)
+    # Load first: `create_study(load_if_exists=True)` appends to the journal even when the
+    # study exists, and a resumed study whose settings differ must leave it untouched.
+    if settings.study_name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(
+            study_name=settings.study_name, storage=storage, pruner=make_pruner(spec)
+        )
+    else:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=settings.study_name,
+            direction="maximize",
+            pruner=make_pruner(spec),
+        )
+    study.sampler = make_sampler(spec, worker=0, n_existing=len(study.trials))
+    check_fingerprint(study, settings)  # before anything else is written
+    tracker = Tracker(settings.tracking_uri, artifact_root=settings.artifact_root)
+    tracker.prepare()
+    experiment_id = tracker.experiment(settings.study_name)
+    study_run_id = tracker.study_run(experiment_id, settings.study_name)
+    _record_provenance(study, tracker, study_run_id, settings)
+    added = _enqueue_baselines(study, spec)
+    n_trials = _trial_budget(study, spec) + added
+    shares = [
+        n_trials // settings.workers + (i < n_trials % settings.workers)
+        for i in range(settings.workers)
+    ]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(settings, i, shares[i], train_fn, experiment_id, study_run_id),
+            name=f"hetero-lr-worker-{i}",
+        )
+        for i in range(1, settings.workers)
+    ]
+    for proc in procs:
+        proc.start()
+    status, reason, code = "FINISHED", None, 0
+    try:
+        _optimize(study, settings, 0, shares[0], train_fn, tracker, experiment_id, study_run_id)
+    except KeyboardInterrupt:
+        status, reason, code = "KILLED", "interrupted (Ctrl-C)", 130
+    except Exception as err:  # an error no trial could absorb: end the study run, then raise
+        tracker.end_run(study_run_id, "FAILED", f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        for proc in procs:
+            proc.join()
+    crashed = [p.name for p in procs if p.exitcode not in (0, None)]
+    if crashed and code == 0:
+        status, reason, code = "FAILED", f"worker(s) {', '.join(crashed)} exited abnormally", 1
+    from hetero_lr.study.summary import finish_study  # imports matplotlib: only at the end
+
+    finish_study(study, tracker, study_run_id, status, reason)
+    return code
+
+
+def _default_train() -> TrainFn:
+    from hetero_lr.train import train
+
+    return train
+
+
+def _worker(
+    settings: StudySettings,
+    worker: int,
+    n_trials: int,
+    train_fn: TrainFn,
+    experiment_id: str,
+    study_run_id: str,
+) -> None:
+    """Entry point of a spawned worker process."""
+    tracker = Tracker(settings.tracking_uri, artifact_root=settings.artifact_root)
+    study = optuna.load_study(
+        study_name=settings.study_name,
+        storage=open_storage(settings.storage),
+        pruner=make_pruner(settings.spec),
+    )
+    study.sampler = make_sampler(settings.spec, worker=worker, n_existing=len(study.trials))
+    _optimize(study, settings, worker, n_trials, train_fn, tracker, experiment_id, study_run_id)
+
+
+def _optimize(
+    study: optuna.Study,
+    settings: StudySettings,
+    worker: int,
+    n_trials: int,
+    train_fn: TrainFn,
+    tracker: Tracker,
+    experiment_id: str,
+    study_run_id: str,
+) -> None:
+    import torch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if settings.spec.base.threads == 0 and settings.workers > 1:
+        # Share the cores: N processes with all-core intra-op pools would oversubscribe them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    objective = Objective(
+        settings,
+        tracker=tracker,
+        experiment_id=experiment_id,
+        study_run_id=study_run_id,
+        train_fn=train_fn,
+        worker=worker,
+    )
+    if n_trials:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            catch=(objective.divergence,),
+            callbacks=[_Progress(n_trials, prefix=worker_prefix(worker, settings.workers))],
+        )
+
+
+class _Progress:
+    """Prints a line per finished trial: its state, the study's counts, the best so far."""
+
+    def __init__(self, n_trials: int, *, prefix: str) -> None:
+        self.n_trials, self.prefix = n_trials, prefix
+        self.start, self.done = time.monotonic(), 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.done += 1
+        counts = {s.name: 0 for s in optuna.trial.TrialState}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name] += 1
+        try:
+            best = f"best {study.best_value:.4g} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "best -"
+        value = f" {trial.value:.4g}" if trial.value is not None else ""
+        elapsed = time.monotonic() - self.start
+        left = elapsed / self.done * (self.n_trials - self.done)
+        say(
+            f"trial {trial.number} {trial.state.name}{value} | complete {counts['COMPLETE']}, "
+            f"pruned {counts['PRUNED']}, failed {counts['FAIL']}, running {counts['RUNNING']} "
+            f"| {best} | {self.done}/{self.n_trials} here, ~{duration(left)} left",
+            self.prefix,
+        )
+
+
+def _record_provenance(
+    study: optuna.Study, tracker: Tracker, run_id: str, settings: StudySettings
+) -> None:
+    from hetero_lr import __version__
+
+    sha = _git_sha()
+    study.set_user_attr("run_seeds", list(settings.run_seeds))
+    study.set_user_attr("command", settings.command)
+    study.set_user_attr("git_sha", sha)
+    study.set_user_attr("mlflow_study_run_id", run_id)
+    tracker.log_params(run_id, flat_params(settings.fingerprint))
+    tracker.set_tags(
+        run_id,
+        {
+            "optuna.study_name": settings.study_name,
+            "optuna.storage": settings.storage,
+            "command": settings.command,
+            "git_sha": sha,
+            "hetero_lr.version": __version__,
+            "sampler": settings.spec.sampler,
+            "pruner": settings.spec.pruner,
+        },
+    )
+    tracker.log_dict(run_id, settings.spec.to_dict(), "study.yaml")
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _enqueue_baselines(study: optuna.Study, spec: StudySpec) -> int:
+    """Enqueue each baseline arm not yet run (or running); returns how many were added."""
+    live = {
+        t.user_attrs.get("baseline")
+        for t in study.get_trials(deepcopy=False)
+        if t.state != optuna.trial.TrialState.FAIL
+    }
+    added = 0
+    for arm in spec.baseline_arms:
+        if arm.label not in live:
+            study.enqueue_trial({}, user_attrs={"baseline": arm.label})
+            added += 1
+    return added
+
+
+def _trial_budget(study: optuna.Study, spec: StudySpec) -> int:
+    """`spec.trials`, capped by the grid points not yet taken (grid sampler)."""
+    if spec.sampler != "grid":
+        return spec.trials
+    grid = spec.grid()
+    taken = {
+        tuple(t.params.get(k) for k in grid)
+        for t in study.get_trials(deepcopy=False)
+        if t.state != optuna.trial.TrialState.FAIL and all(k in t.params for k in grid)
+    }
+    return min(spec.trials, math.prod(len(v) for v in grid.values()) - len(taken))
