@@ -3,7 +3,7 @@
 Where things are (see `hetero_lr.study`): the Optuna study (trial values, parameters, user
 attributes `pairing`, `run_scores`, `run_seeds`) in the journal file `RESULTS/optuna.journal`
 (or any Optuna storage URL); the MLflow experiment named like the study, whose runs tagged
-`hetero_lr.role=seed` are the training runs, with `objective/run_score` (a run's score as the
+`hetero_lr.role=seed` are the training runs, with `objective` (a run's score as the
 objective counts it) and the `eval/return_mean` history (raw returns by agent step).
 """
 
@@ -31,8 +31,10 @@ class StudyData:
     """One row per trial: number, state, value, pairing, rule, mlflow_run_id, one column per
     parameter (`kr`, `kl`, ...)."""
     runs: pd.DataFrame
-    """One row per training run: trial, pairing, env, seed, status, score, run_id."""
+    """One row per search run: trial, pairing, env, seed, status, score, run_id."""
     client: MlflowClient
+    confirm_runs: pd.DataFrame
+    """The confirmation runs (`--confirm`), same columns; empty without confirmation."""
 
 
 def load_study_data(
@@ -71,7 +73,13 @@ def load_study_data(
         raise ValueError(f"no study {study_name!r}; the storage holds: {', '.join(names)}")
     study = optuna.load_study(study_name=study_name, storage=optuna_storage)
     client = MlflowClient(tracking_uri)
-    return StudyData(study, _trials_table(study), _runs_table(client, study_name), client)
+    return StudyData(
+        study,
+        _trials_table(study),
+        _runs_table(client, study_name, "seed"),
+        client,
+        _runs_table(client, study_name, "confirm"),
+    )
 
 
 def _trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -92,7 +100,7 @@ def _trials_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _runs_table(client: MlflowClient, study_name: str) -> pd.DataFrame:
+def _runs_table(client: MlflowClient, study_name: str, role: str) -> pd.DataFrame:
     experiment = client.get_experiment_by_name(study_name)
     columns = ["trial", "pairing", "env", "seed", "status", "score", "run_id"]
     if experiment is None:
@@ -101,12 +109,14 @@ def _runs_table(client: MlflowClient, study_name: str) -> pd.DataFrame:
     while True:
         page = client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'seed'",
+            filter_string=f"tags.`{ROLE}` = '{role}'",
             max_results=1000,
             page_token=token,
         )
         for run in page:
             tags = run.data.tags
+            if "seed" not in tags:  # a confirmation's per-arm run
+                continue
             rows.append(
                 {
                     "trial": int(tags["optuna.trial_number"]),
@@ -114,7 +124,7 @@ def _runs_table(client: MlflowClient, study_name: str) -> pd.DataFrame:
                     "env": tags.get("env.id", ""),
                     "seed": int(tags["seed"]),
                     "status": run.info.status,
-                    "score": run.data.metrics.get("objective/run_score", np.nan),
+                    "score": run.data.metrics.get("objective", np.nan),
                     "run_id": run.info.run_id,
                 }
             )
@@ -127,8 +137,8 @@ def _runs_table(client: MlflowClient, study_name: str) -> pd.DataFrame:
 def best_trials(data: StudyData) -> dict[str, int]:
     """The best complete trial of each pairing (baselines included): `{pairing: number}`.
 
-    Picking the best of many trials flatters it (the winner's curse); for a paper, rerun the
-    chosen settings with fresh seeds (a new study whose space fixes them) and report those.
+    Picking the best of many trials flatters it (the winner's curse): a study run with
+    `--confirm K` reruns these trials on fresh seeds, and the report's headline uses only those.
     """
     done = data.trials[data.trials["state"] == "COMPLETE"]
     if done.empty:
@@ -137,17 +147,29 @@ def best_trials(data: StudyData) -> dict[str, int]:
     return dict(zip(best["pairing"], best["number"].astype(int), strict=True))
 
 
-def load_curves(data: StudyData, trials: list[int]) -> pd.DataFrame:
-    """Evaluation curves of the finished runs of `trials`: one row per run and evaluation.
+def load_curves(
+    data: StudyData,
+    trials: list[int],
+    *,
+    key: str = "eval/return_mean",
+    confirmed: bool = False,
+) -> pd.DataFrame:
+    """Metric histories of the finished runs of `trials`: one row per run and logged step.
 
-    Columns: trial, pairing, env, seed, step, raw (mean raw return), score (what the
-    objective counts: human-normalised on Atari, raw otherwise).
+    Args:
+        key: the metric: `eval/return_mean` (then `score` is what the objective counts:
+            human-normalised on Atari, raw otherwise), or any training metric such as
+            `gap/function` or `loss/td` (then `score` is the value itself).
+        confirmed: read the confirmation runs instead of the search runs.
+
+    Columns: trial, pairing, env, seed, step, raw (the logged value), score.
     """
     rows = []
-    runs = data.runs[data.runs["trial"].isin(trials) & (data.runs["status"] == "FINISHED")]
+    table = data.confirm_runs if confirmed else data.runs
+    runs = table[table["trial"].isin(trials) & (table["status"] == "FINISHED")]
     for run in runs.itertuples():
-        transform, _ = normalizer(run.env)
-        for m in data.client.get_metric_history(run.run_id, "eval/return_mean"):
+        transform = normalizer(run.env)[0] if key == "eval/return_mean" else float
+        for m in data.client.get_metric_history(run.run_id, key):
             rows.append(
                 {
                     "trial": run.trial,

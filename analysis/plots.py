@@ -35,7 +35,12 @@ def final_scores(table: pd.DataFrame, *, ylabel: str) -> Figure:
 
 
 def learning_curves(
-    curves: pd.DataFrame, *, ylabel: str, reps: int = 2_000, confidence: float = 0.95
+    curves: pd.DataFrame,
+    *,
+    ylabel: str,
+    reps: int = 2_000,
+    confidence: float = 0.95,
+    log: bool = False,
 ) -> Figure:
     """Mean score by agent step per pairing, with a bootstrap band over runs.
 
@@ -57,7 +62,9 @@ def learning_curves(
         (line,) = ax.plot(steps, means, label=pairing)
         ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("agent step")
-    ax.set_ylabel(f"mean {ylabel}")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig

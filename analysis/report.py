@@ -3,10 +3,16 @@
     python -m analysis.report --results results/ --study impala:nature__default --out report/
 
 Writes to `--out`:
-- `final_scores.csv|md`, `final_scores.png`: per pairing (its best complete trial; the
+- `confirmed_scores.csv|md` (the headline, when the study ran `--confirm K`): per arm, the IQM
+  of its confirmation runs (fresh seeds no search run used) with a 95% stratified-bootstrap
+  interval, its search score as `selection`, and the IQM difference to its online family's
+  HardCopy baseline with an interval; the MLflow run id of each arm's confirmation;
+- `final_scores.csv|md`, `final_scores.png` ("selection"): per pairing (its best complete trial; the
   HardCopy baselines are pairings too), the IQM of run scores with a 95% stratified-bootstrap
   interval over seeds (and games), plus mean and median (rliable's method, `analysis.stats`);
-- `learning_curves.png`: mean evaluation score by agent step for those trials, with a band;
+- `learning_curves.png`, `gap_curves.png`, `td_loss_curves.png`: evaluation score, function gap
+  (mean over states and actions of (Q_target - Q_online)^2) and TD loss by agent step, mean
+  with a bootstrap band over runs, from the confirmation runs where the study has them;
 - `kr_kl.csv`, `kr_kl_heatmap.png`: the mean objective per KR x KL cell of complete Replicate
   trials (exact values up to 8 per axis, else power-of-two bins);
 - `importances.csv|png`: Optuna's parameter importances;
@@ -29,7 +35,7 @@ import pandas as pd
 from analysis import plots
 from analysis.load import StudyData, best_trials, load_curves, load_study_data
 from analysis.stats import iqm, stratified_bootstrap_ci
-from hetero_lr.study.summary import searched_params
+from hetero_lr.study.summary import confirmation_table, confirmed_winner, searched_params
 
 
 def final_scores_table(
@@ -71,6 +77,16 @@ def final_scores_table(
         "objective",
     ]
     return pd.DataFrame(rows, columns=columns).sort_values("iqm", ascending=False)
+
+
+def confirmed_table(data: StudyData, *, confidence: float = 0.95) -> pd.DataFrame:
+    """The confirmation runs' table (`hetero_lr.study.summary.confirmation_table`), empty
+    when the study ran no confirmation."""
+    records = data.study.user_attrs.get("confirmation", {})
+    rows = confirmation_table(records, confidence=confidence)
+    for row in rows:
+        row["mlflow_run_id"] = records[row["arm"]]["mlflow_run_id"]
+    return pd.DataFrame(rows).sort_values("iqm", ascending=False) if rows else pd.DataFrame()
 
 
 def kr_kl_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -141,23 +157,59 @@ def write_report(
     scores = final_scores_table(data, chosen, reps=reps, confidence=confidence)
     save("final_scores.csv", scores)
     sections = [f"# Study `{data.study.study_name}`", "", _counts(data.trials), ""]
+    confirmed = confirmed_table(data, confidence=confidence)
+    if not confirmed.empty:
+        save("confirmed_scores.csv", confirmed)
+        (out / "confirmed_scores.md").write_text(markdown_table(confirmed) + "\n")
+        written.append(out / "confirmed_scores.md")
+        winner, tied = confirmed_winner(confirmed.to_dict("records"))
+        verdict = (
+            f"Best: **{winner}**."
+            if len(tied) == 1
+            else f"No winner: {', '.join(tied)} tie (their {confidence:.0%} intervals overlap)."
+        )
+        sections += [
+            f"## Confirmed scores ({unit}; fresh seeds, the headline)",
+            "",
+            "Each pairing's best trial and each baseline, run again on seeds no search run used;"
+            " `selection` is the search score that chose it (biased upward by the choice).",
+            "",
+            markdown_table(confirmed),
+            "",
+            verdict,
+            "",
+        ]
     if not scores.empty:
         save("final_scores.png", plots.final_scores(scores, ylabel=unit))
+        selection = "selection: " if not confirmed.empty else ""
         sections += [
-            f"## Final scores ({unit}; best complete trial per pairing)",
+            f"## Final scores ({selection}{unit}; best complete trial per pairing, search seeds)",
             "",
             markdown_table(scores),
             "",
             "![final scores](final_scores.png)",
             "",
         ]
-        curves = load_curves(data, list(chosen.values()))
-        if not curves.empty:
-            save(
-                "learning_curves.png",
-                plots.learning_curves(curves, ylabel=unit, confidence=confidence),
-            )
-            sections += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    # Curves of the confirmation runs where there are some (unbiased), else the search's.
+    confirmed_trials = [int(t) for t in confirmed["trial"]] if not confirmed.empty else []
+    source = (
+        {"trials": confirmed_trials, "confirmed": True, "what": "confirmation runs"}
+        if confirmed_trials
+        else {"trials": list(chosen.values()), "confirmed": False, "what": "search runs"}
+    )
+    what = source.pop("what")
+    figures = [
+        ("learning_curves.png", "eval/return_mean", f"mean {unit}", False, "Learning curves"),
+        ("gap_curves.png", "gap/function", "function gap (online vs target)", True, "Function gap"),
+        ("td_loss_curves.png", "loss/td", "TD loss", True, "TD loss"),
+    ]
+    for name, key, ylabel, log, title in figures:
+        curves = load_curves(data, key=key, **source)
+        if curves.empty:
+            continue
+        save(name, plots.learning_curves(curves, ylabel=ylabel, confidence=confidence, log=log))
+        band = f"mean over {what} with a {confidence:.0%} bootstrap band"
+        sections += [f"## {title} ({band})", "", f"![{title}]({name})", ""]
     cells = kr_kl_table(data.trials)
     save("kr_kl.csv", cells)
     if not cells.empty:

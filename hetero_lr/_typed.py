@@ -103,7 +103,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if origin is Annotated:
         out = _convert(value, args[0], key)
         for bound in args[1:]:
-            if isinstance(bound, _BOUNDS) and out is not None and not bound.holds(out):
+            # Bounds apply to the numeric member of a union (not to None or a word like "auto").
+            if isinstance(bound, _BOUNDS) and _is_number(out) and not bound.holds(out):
                 raise ValueError(f"{key}={out!r} must be {bound}")
         return out
     if hint is Any:
@@ -119,10 +120,14 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         none = type(None)
         if none in args and (value is None or str(value).strip().lower() in _NONE):
             return None
-        inner = [a for a in args if a is not none]
-        if len(inner) != 1:
-            raise TypeError(f"{key}: only `X | None` unions are supported, not {hint!r}")
-        return _convert(value, inner[0], key)
+        # Members are tried in declaration order; the first that accepts the value wins, so
+        # `float | Literal["auto"]` reads "2" as 2.0 and "auto" as the word.
+        for member in (a for a in args if a is not none):
+            try:
+                return _convert(value, member, key)
+            except _Mismatch:
+                continue
+        raise _Mismatch
     if origin in (tuple, list):
         if isinstance(value, str):  # "a, b" from the command line
             value = [item.strip() for item in value.split(",")] if value.strip() else []
@@ -163,7 +168,8 @@ def _describe(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(map(repr, args))
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args if a is not type(None)) + " or none"
+        words = " or ".join(_describe(a) for a in args if a is not type(None))
+        return words + " or none" if type(None) in args else words
     if origin in (tuple, list):
         return "a list (or a comma-separated string)"
     if origin is dict or hint is dict:
@@ -171,6 +177,10 @@ def _describe(hint: Any) -> str:
     if isinstance(hint, type) and is_dataclass(hint):
         return f"a mapping of {hint.__name__} settings"
     return _WORDS.get(hint, repr(hint))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _to_bool(value: Any) -> bool:

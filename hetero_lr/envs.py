@@ -15,7 +15,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
 
 from hetero_lr.config import EnvConfig
 
@@ -45,6 +46,53 @@ class EnvStep:
     """(lane, raw whole-game score, agent steps) for every game that ended this step."""
 
 
+class GymLanes:
+    """Gymnasium environments stepped in turn with same-step autoreset.
+
+    Does what `gymnasium.vector.SyncVectorEnv(..., autoreset_mode=SAME_STEP)` does for
+    `VecEnv` (the same calls on the same environments, so the same games), without its generic
+    per-step work (info merging, space-driven batching, a deep copy of the batch), which cost
+    a MinAtar step several times the game's own step here.
+    """
+
+    def __init__(self, envs: list[gym.Env]) -> None:
+        self.envs = envs
+        self.num_envs = len(envs)
+        self.single_action_space = envs[0].action_space
+        self.observation_space = batch_space(envs[0].observation_space, self.num_envs)
+        self._dtype = envs[0].observation_space.dtype
+
+    def reset(self, seed: list[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        seeds = [None] * self.num_envs if seed is None else seed
+        obs = [env.reset(seed=s)[0] for env, s in zip(self.envs, seeds, strict=True)]
+        return np.stack(obs).astype(self._dtype, copy=False), {}
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        n = self.num_envs
+        obs, final_obs = [], [None] * n
+        rewards = np.zeros(n, np.float64)
+        terminated, truncated = np.zeros(n, bool), np.zeros(n, bool)
+        for i, env in enumerate(self.envs):
+            o, rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                final_obs[i] = o
+                o, _ = env.reset()
+            obs.append(o)
+        return (
+            np.stack(obs).astype(self._dtype, copy=False),
+            rewards,
+            terminated,
+            truncated,
+            {"final_obs": final_obs},
+        )
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
 class VecEnv:
     """Vector environment with the semantics of `EnvStep`, over a same-step-autoreset backend.
 
@@ -60,7 +108,7 @@ class VecEnv:
 
     def __init__(
         self,
-        env: VectorEnv,
+        env: VectorEnv | GymLanes,
         *,
         seed: int,
         lane_seeds: Callable[[int], Any],
@@ -108,7 +156,7 @@ class VecEnv:
         True for the gymnasium backends (MinAtar, classic control), whose environments pickle;
         ale-py's native vector env exposes no snapshot of its emulators.
         """
-        return isinstance(self._env, SyncVectorEnv)
+        return isinstance(self._env, GymLanes)
 
     def state_dict(self) -> dict[str, Any]:
         """Score counters of the running games, and the games themselves where `restorable`."""
@@ -143,18 +191,19 @@ class VecEnv:
             np.asarray(actions, dtype=np.int64)
         )
         game_over = terminated | truncated
-        final_obs = obs.copy()
-        for i in np.flatnonzero(game_over):
-            final_obs[i] = info["final_obs"][i]
+        ended = np.flatnonzero(game_over)
+        final_obs = obs
+        if ended.size:  # otherwise the reached observation is the next one: no copy
+            final_obs = obs.copy()
+            for i in ended:
+                final_obs[i] = info["final_obs"][i]
         rewards = np.asarray(rewards, dtype=np.float32)
         self._returns += rewards
         self._lengths += 1
-        ended = [
-            (int(i), float(self._returns[i]), int(self._lengths[i]))
-            for i in np.flatnonzero(game_over)
-        ]
-        self._returns[game_over] = 0.0
-        self._lengths[game_over] = 0
+        episodes = [(int(i), float(self._returns[i]), int(self._lengths[i])) for i in ended]
+        if episodes:
+            self._returns[ended] = 0.0
+            self._lengths[ended] = 0
         terminated = np.asarray(terminated, dtype=bool)
         if self._life_loss_terminal:
             # Tracked here rather than with ale-py's `episodic_life` (which restarts the whole
@@ -164,13 +213,14 @@ class VecEnv:
             lives = info["lives"]
             terminated = terminated | ((lives < self._lives) & ~game_over)
             self._lives[:] = lives
+        next_obs = self._transform(obs)
         return EnvStep(
-            obs=self._transform(obs),
-            final_obs=self._transform(final_obs),
+            obs=next_obs,
+            final_obs=next_obs if final_obs is obs else self._transform(final_obs),
             rewards=rewards,
             terminated=terminated,
             truncated=np.asarray(truncated, dtype=bool),
-            episode_returns=ended,
+            episode_returns=episodes,
         )
 
     def close(self) -> None:
@@ -181,6 +231,27 @@ class VecEnv:
 def frames_per_step(cfg: EnvConfig) -> int:
     """Emulator frames per agent step: `cfg.frame_skip` on Atari, 1 elsewhere."""
     return cfg.frame_skip if cfg.id.startswith("ALE/") else 1
+
+
+# Largest |reward| per agent step where the game's rules bound it: CartPole gives +1 per step,
+# Acrobot -1; MinAtar gives +1 per event (Young & Tian 2019), except that surfacing in Seaquest
+# with six divers pays up to 10 (oxygen * 10 // max_oxygen, `minatar/environments/seaquest.py`).
+# Two MinAtar events can coincide in a step, rarely: r_max / (1 - gamma) assumes r_max at every
+# step, far above what sparse events pay, so 1 stays a safe scale for the divergence bound.
+_REWARD_SCALES = {"CartPole-v1": 1.0, "Acrobot-v1": 1.0, "MinAtar/Seaquest-v1": 10.0}
+
+
+def reward_scale(env_id: str) -> float | None:
+    """Per-step reward scale r_max of raw (unclipped) rewards; None where it is not known.
+
+    Atari scores have no common scale (Breakout pays up to 7 per brick, Pong 1, Ms. Pac-Man
+    hundreds per ghost), hence clipping.
+    """
+    if env_id in _REWARD_SCALES:
+        return _REWARD_SCALES[env_id]
+    if env_id.startswith("MinAtar/"):
+        return 1.0
+    return None
 
 
 def lane_seeds(seed: int, num_envs: int) -> list[int]:
@@ -320,10 +391,7 @@ def _make_gymnasium(
     # Acrobot: 500) is kept when it is shorter.
     registered = gym.registry[cfg.id].max_episode_steps
     cap = cfg.max_episode_frames if registered is None else min(registered, cfg.max_episode_frames)
-    env = SyncVectorEnv(
-        [lambda: gym.make(cfg.id, max_episode_steps=cap, **kwargs) for _ in range(n)],
-        autoreset_mode=AutoresetMode.SAME_STEP,
-    )
+    env = GymLanes([gym.make(cfg.id, max_episode_steps=cap, **kwargs) for _ in range(n)])
     protocol = {
         **protocol,
         "frame_skip": 1,

@@ -71,13 +71,16 @@ def replicate_loss(
     support: Tensor | None,
     actions: Tensor | None = None,
     kind: str = "mse",
+    weights: Tensor | None = None,
 ) -> Tensor:
     """The Replicate loss: function-space gap of the target to the (frozen) online network.
 
     `G(w) = mean_s sum_a l(Q_w(s, a), Q_theta(s, a))` over all actions, or only at the replayed
     action when `actions` is given (Asadi et al. 2024, Sec. 3). `kind` is `mse`, `huber` (on
     Q-values; expected values for categorical heads) or `cross_entropy` of the target's
-    distribution against the online one (categorical heads only).
+    distribution against the online one (categorical heads only). With `weights`, the mean over
+    samples is weighted: `sum_i w_i G_i / sum_i w_i` (self-normalised, so the loss keeps its
+    scale whatever the weights' normalisation).
 
     Args:
         out_target: target network output `[B, A]` or `[B, A, N]`, with gradient.
@@ -85,6 +88,7 @@ def replicate_loss(
         support: atom values `[N]` for categorical heads, else None.
         actions: replayed actions `[B]` for the taken-action variant, else None.
         kind: `mse`, `huber` or `cross_entropy`.
+        weights: per-sample importance-sampling weights `[B]`, or None for a plain mean.
 
     Returns:
         Scalar loss.
@@ -101,6 +105,7 @@ def replicate_loss(
             per_action = F.smooth_l1_loss(q_target, q_online, reduction="none")
     else:
         raise ValueError(f"unknown Replicate loss {kind!r}; accepted: mse, huber, cross_entropy")
-    if actions is not None:
-        return gather_actions(per_action, actions).mean()
-    return per_action.sum(dim=1).mean()
+    per_sample = gather_actions(per_action, actions) if actions is not None else per_action.sum(1)
+    if weights is None:
+        return per_sample.mean()
+    return (weights * per_sample).sum() / weights.sum()

@@ -13,7 +13,13 @@ Train/eval modes (matters for BatchNorm, e.g. most timm CNNs):
   the one the online net computes at inference.
 - `bootstrap`, `act_values`, `function_gap` and the Replicate loss reported after a phase use eval
   mode for both networks: bootstrap values never depend on the batch they are computed in.
-The pair switches modes only inside its own methods and restores the previous mode after.
+The pair switches modes only inside its own methods and restores the previous mode after. The
+target rests in eval mode (set at construction; it is trained only inside Replicate phases), so
+bootstrapping needs no switch. A switch sets the `training` flags that `Module.train` sets, on a
+list of submodules taken at construction (a submodule added later is not switched), without
+`Module.train`'s recursive `__setattr__` (about 40 us per switch and back for the `minatar`
+network, measured here); a network with a submodule that overrides `train` is switched with
+`Module.train` itself.
 """
 
 from __future__ import annotations
@@ -30,8 +36,51 @@ from hetero_lr.losses import expected_q, gather_actions, replicate_loss
 if TYPE_CHECKING:
     from hetero_lr.updaters import TargetUpdate
 
-Sample = Callable[[], tuple[Tensor, Tensor]]
-"""Returns a fresh replay batch `(obs [B, ...], actions [B])` on the networks' device."""
+Sample = Callable[[], tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]]
+"""Returns a fresh replay batch on the networks' device: `(obs [B, ...], actions [B])`, or
+`(obs, actions, weights [B])` whose importance-sampling weights make the Replicate loss a weighted
+mean over samples (prioritised Replicate batches)."""
+
+
+class _ModeSwitch:
+    """Sets a network's train/eval flags as `Module.train` does, from a list made once."""
+
+    __slots__ = ("module", "modules")
+
+    def __init__(self, module: nn.Module) -> None:
+        modules = tuple(module.modules())
+        # A submodule that overrides `train` may do more than set its flag: let it.
+        plain = all(type(m).train is nn.Module.train for m in modules)
+        self.module, self.modules = module, modules if plain else None
+
+    def set(self, training: bool) -> None:
+        if self.modules is None:
+            self.module.train(training)
+            return
+        for m in self.modules:
+            object.__setattr__(m, "training", training)  # what `Module.train` ends up doing
+
+
+class _Modes:
+    """Context: the given networks in train (True) or eval (False) mode, restored after."""
+
+    __slots__ = ("changed", "wanted")
+
+    def __init__(self, wanted: tuple[tuple[_ModeSwitch, bool], ...]) -> None:
+        self.wanted = wanted
+        self.changed: list[tuple[_ModeSwitch, bool]] = []  # (switch, previous mode)
+
+    def __enter__(self) -> None:
+        for switch, training in self.wanted:
+            previous = switch.module.training
+            if previous != training:
+                switch.set(training)
+                self.changed.append((switch, previous))
+
+    def __exit__(self, *exc: object) -> None:
+        for switch, previous in reversed(self.changed):
+            switch.set(previous)
+        self.changed.clear()
 
 
 @contextmanager
@@ -102,6 +151,13 @@ class HeteroPair(nn.Module):
                     "for the same observations"
                 )
         update.bind(online, target)
+        self._switches = {"online": _ModeSwitch(online), "target": _ModeSwitch(target)}
+        self._switches["target"].set(False)  # the target rests in eval mode (module docstring)
+
+    def modes(self, *, online: bool | None = None, target: bool | None = None) -> _Modes:
+        """Context: each network given in train (True) or eval (False) mode, restored after."""
+        wanted = (("online", online), ("target", target))
+        return _Modes(tuple((self._switches[k], v) for k, v in wanted if v is not None))
 
     @property
     def support(self) -> Tensor | None:
@@ -115,7 +171,7 @@ class HeteroPair(nn.Module):
     @torch.no_grad()
     def act_values(self, obs: Tensor) -> Tensor:
         """Online Q-values `[B, A]` for acting: eval mode, no gradient."""
-        with module_mode(self.online, False):
+        with self.modes(online=False):
             return expected_q(self.online(obs), self.support)
 
     @torch.no_grad()
@@ -131,10 +187,10 @@ class HeteroPair(nn.Module):
             `max_a Q_target(s', a)` (or at the online argmax) `[B]`; for categorical heads the
             target's probabilities at that action `[B, N]`.
         """
-        with module_mode(self.target, False):
+        with self.modes(target=False):
             out_target = self.target(next_obs)
         if double:
-            with module_mode(self.online, False):
+            with self.modes(online=False):
                 q_select = expected_q(self.online(next_obs), self.support)
         else:
             q_select = expected_q(out_target, self.support)
@@ -148,6 +204,7 @@ class HeteroPair(nn.Module):
         obs: Tensor,
         actions: Tensor | None = None,
         *,
+        weights: Tensor | None = None,
         variant: Literal["all_actions", "taken_action"] = "all_actions",
         loss: Literal["mse", "huber", "cross_entropy"] = "mse",
     ) -> Tensor:
@@ -156,6 +213,8 @@ class HeteroPair(nn.Module):
         Args:
             obs: replay observations `[B, ...]`.
             actions: replayed actions `[B]`, required by the taken-action variant.
+            weights: per-sample importance-sampling weights `[B]` (a weighted mean over
+                samples), or None for a plain mean.
             variant: `all_actions` (sum over actions) or `taken_action`.
             loss: `mse`, `huber` or `cross_entropy` (categorical heads); see
                 `hetero_lr.losses.replicate_loss`.
@@ -170,18 +229,22 @@ class HeteroPair(nn.Module):
             support=self.support,
             actions=actions if variant == "taken_action" else None,
             kind=loss,
+            weights=weights,
         )
 
     @torch.no_grad()
     def function_gap(self, obs: Tensor) -> float:
         """Mean over states and actions of `(Q_target - Q_online)^2` (expected Q), eval mode."""
-        with module_mode(self.online, False), module_mode(self.target, False):
+        with self.modes(online=False, target=False):
             q_online = expected_q(self.online(obs), self.support)
             q_target = expected_q(self.target(obs), self.support)
         return (q_target - q_online).square().mean().item()
 
-    def step(self, sample: Sample) -> dict[str, float]:
-        """Advance the target rule after one host Lookahead step (see the rule's docstring)."""
+    def step(self, sample: Sample) -> dict[str, float | Tensor]:
+        """Advance the target rule after one host Lookahead step (see the rule's docstring).
+
+        Metric values are Python numbers or detached 0-d tensors (`hetero_lr.updaters`).
+        """
         return self.update.step(self, sample)
 
     def online_parameters(self) -> Iterator[nn.Parameter]:

@@ -325,8 +325,12 @@ class ReplayMemory:
         start = self._flat(self._newest, self._lanes)
         self._actions[start] = actions
         self._rewards[start] = rewards
-        frames = next_obs.reshape(n, self.frame_stack, *self.frame_shape)[:, -1:]
-        self._write(self._lanes, frames)
+        # `_write` of one frame per lane, spelled out: this runs at every agent step.
+        row = self._newest + 1
+        newest_frames = next_obs.reshape(n, -1, *self.frame_shape)[:, -1]
+        self._frames[self._flat(row, self._lanes)] = newest_frames
+        self._expire(self._flat(row + self.frame_stack - 1, self._lanes))
+        self._newest += 1
         self._steps += 1
         steps = self._steps[:, None]
         full = (self._horizon_range == self.n_step) & (steps >= self.n_step)
@@ -334,18 +338,27 @@ class ReplayMemory:
         self._complete(self._lanes, full | ended, terminated)
         self._running &= ~done
 
-    def sample(self, batch_size: int, *, rng: np.random.Generator | None = None) -> ReplayBatch:
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        rng: np.random.Generator | None = None,
+        uniform: bool = False,
+    ) -> ReplayBatch:
         """Draws `batch_size` valid transitions with replacement.
 
         `rng` draws instead of the memory's own generator (e.g. for diagnostics that must not
         shift the training stream); nothing else in the memory changes.
 
         Uniform sampling draws independently; prioritised sampling draws one transition from each
-        of `batch_size` equal-mass segments (Schaul et al. 2016, Appendix B.2.1).
+        of `batch_size` equal-mass segments (Schaul et al. 2016, Appendix B.2.1). `uniform=True`
+        draws uniformly over valid transitions from a prioritised memory too (priorities are
+        neither read nor changed), e.g. for Replicate batches.
 
         Returns:
             A `ReplayBatch`; its weights are (N * P(i))^-beta / max over the batch (Schaul et al.
-            2016, Algorithm 1; batch maximum as in Dopamine's `rainbow_agent.py`).
+            2016, Algorithm 1; batch maximum as in Dopamine's `rainbow_agent.py`), ones for a
+            uniform draw.
         """
         _require(
             _is_int(batch_size) and batch_size >= 1,
@@ -354,7 +367,7 @@ class ReplayMemory:
         if self._num_valid == 0:
             raise RuntimeError("cannot sample: no transition has a complete n-step window yet")
         rng = self._rng if rng is None else rng
-        if self._tree is None:
+        if self._tree is None or uniform:
             indices = self._sample_uniform(batch_size, rng)
             weights = np.ones(batch_size, np.float32)
         else:
@@ -364,11 +377,7 @@ class ReplayMemory:
             probs = self._tree.get(indices) / total
             weights = (self._num_valid * probs) ** -self.beta
             weights = (weights / weights.max()).astype(np.float32)
-        rows, lanes = np.divmod(indices, self.num_lanes)
-        next_rows = rows + self._horizons[indices]
-        stack = self._stack_offsets
-        obs = self._frames[self._flat(rows[:, None] + stack, lanes[:, None])]
-        next_obs = self._frames[self._flat(next_rows[:, None] + stack, lanes[:, None])]
+        obs, next_obs = self._stacks(indices)
         return ReplayBatch(
             obs=obs.reshape(batch_size, *self.obs_shape),
             actions=self._actions[indices].astype(np.int64),
@@ -463,6 +472,17 @@ class ReplayMemory:
         self.beta = float(state["beta"])
         self._rng.bit_generator.state = state["rng"]
 
+    def _stacks(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The frame stacks of `obs` and `next_obs` of the transitions at `indices`."""
+        rows, lanes = np.divmod(indices, self.num_lanes)
+        next_rows = rows + self._horizons[indices]
+        if self.frame_stack == 1:  # one frame per row: the index is the obs row (fewer steps)
+            return self._frames[indices], self._frames[self._flat(next_rows, lanes)]
+        stack = self._stack_offsets
+        obs = self._frames[self._flat(rows[:, None] + stack, lanes[:, None])]
+        next_obs = self._frames[self._flat(next_rows[:, None] + stack, lanes[:, None])]
+        return obs, next_obs
+
     def _sample_uniform(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """Draws valid flat indices uniformly, with replacement, by rejection over written rows.
 
@@ -485,16 +505,21 @@ class ReplayMemory:
         """Appends frames (k, F, *frame_shape) to the rings of `lanes` (k,)."""
         rows = self._newest[lanes, None] + 1 + np.arange(frames.shape[1])
         self._frames[self._flat(rows, lanes[:, None])] = frames
-        # Overwriting absolute row q - rows_per_lane breaks the stack of the transition S - 1
-        # rows later, the last one whose obs still reached back to it (Dopamine's invalid_range).
-        expired = self._flat(rows + self.frame_stack - 1, lanes[:, None]).reshape(-1)
-        expired = expired[self._valid[expired]]
+        self._expire(self._flat(rows + self.frame_stack - 1, lanes[:, None]).reshape(-1))
+        self._newest[lanes] += frames.shape[1]
+
+    def _expire(self, flat: np.ndarray) -> None:
+        """Marks the transitions at `flat` unsamplable, after their oldest frame's row was reused.
+
+        Overwriting absolute row q - rows_per_lane breaks the stack of the transition S - 1 rows
+        later, the last one whose obs still reached back to it (Dopamine's invalid_range).
+        """
+        expired = flat[self._valid[flat]]
         if expired.size:
             self._valid[expired] = False
             self._num_valid -= expired.size
             if self._tree is not None:
                 self._tree.set(expired, 0.0)
-        self._newest[lanes] += frames.shape[1]
 
     def _complete(self, lanes: np.ndarray, ready: np.ndarray, terminated: np.ndarray) -> None:
         """Finalises the transitions whose n-step window just completed and makes them samplable.
@@ -508,8 +533,11 @@ class ReplayMemory:
         if not lane_pos.size:
             return
         newest = self._newest[lanes]
-        window = self._flat(newest[:, None] + self._window_offsets, lanes[:, None])
-        returns = self._rewards[window] @ self._return_weights.T  # (k, n), column m - 1
+        if self.n_step == 1:  # the return is the reward (times gamma^0 = 1: the same number)
+            returns = self._rewards[self._flat(newest - 1, lanes)][:, None]
+        else:
+            window = self._flat(newest[:, None] + self._window_offsets, lanes[:, None])
+            returns = self._rewards[window] @ self._return_weights.T  # (k, n), column m - 1
         horizons = col + 1
         flat = self._flat(newest[lane_pos] - horizons, lanes[lane_pos])
         self._returns[flat] = returns[lane_pos, col]

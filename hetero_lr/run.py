@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,19 @@ import numpy as np
 import torch
 
 from hetero_lr import seeding
-from hetero_lr.agent import Batch, epsilon_at
+from hetero_lr.agent import Batch, DivergenceBound, DivergenceError, DivergenceGuard, epsilon_at
 from hetero_lr.build import build_learner, resolve_device
 from hetero_lr.config import TrainConfig, flatten
 from hetero_lr.envs import make_env
 from hetero_lr.evaluation import evaluate
 from hetero_lr.loggers import Logger, NullLogger
-from hetero_lr.replay import ReplayMemory
+from hetero_lr.replay import ReplayBatch, ReplayMemory
 
 # Settings a resumed run may change: how long and where it runs, not what it computes.
 RESUMABLE_CHANGES = ("steps", "device", "threads", "checkpoint_every")
+
+# Updates between reads of the pending metric tensors when no log row comes sooner.
+_FOLD_EVERY = 4_096
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,14 @@ class TrainingRun:
         )
         self._explore_rng = seeding.generator(cfg.seed, "exploration")
         self._diagnostics_rng = seeding.generator(cfg.seed, "diagnostics")
-        self._autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self._autocast: AbstractContextManager[Any] = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+        )
         self._pin = self.device.type == "cuda"
+        self._on_cpu = self.device.type == "cpu"
+        self.divergence = DivergenceBound.resolve(cfg.agent, cfg.env)
+        """The mean |Q| bound in force (`agent.divergence_q`, resolved)."""
+        self._guard = DivergenceGuard(self.divergence)
         self.step = 0
         """Agent steps done (summed over lanes)."""
         self.updates = 0
@@ -109,8 +119,11 @@ class TrainingRun:
         self.eval_returns: list[float] = []
         self._obs = self.envs.reset()
         self.replay.start_episodes(np.arange(self.envs.num_envs), self._obs)
+        # Metrics of the updates since the last log row: numbers are summed as they come,
+        # tensors are kept and read once per row (`_fold`), never with `.item()` per update.
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
+        self._pending: dict[str, list[torch.Tensor]] = {}
         self._next_log = cfg.log_every
         self._recent_returns: deque[float] = deque(maxlen=20)
         self._started = self._last_time = time.perf_counter()
@@ -137,6 +150,10 @@ class TrainingRun:
         return (
             flatten(self.cfg)
             | {f"env.protocol.{k}": v for k, v in self.envs.protocol.items()}
+            | {
+                "agent.divergence_q_resolved": self.divergence.value,
+                "agent.divergence_q_rule": self.divergence.rule,
+            }
             | self.param_counts
             | {"online_family": self.pair.online.spec, "target_family": self.pair.target.spec}
         )
@@ -161,7 +178,9 @@ class TrainingRun:
         Lanes step together, so the run may pass `step` by up to `num_envs - 1`.
 
         Raises:
-            DivergenceError: the TD loss or the Q-values became non-finite or exploded.
+            DivergenceError: a non-finite TD loss, or a mean |Q| above `agent.divergence_q`;
+                checked at each log row and when the run reaches `cfg.steps` (at once for
+                non-finite priorities).
         """
         cfg, envs, replay = self.cfg, self.envs, self.replay
         stop = min(step, cfg.steps)
@@ -171,7 +190,7 @@ class TrainingRun:
             actions = self.agent.act(self._to_device(self._obs), epsilon, self._explore_rng)
             # env step; store clipped rewards (learning only), keep raw returns for reports
             result = envs.step(actions)
-            rewards = np.clip(result.rewards, -1, 1) if cfg.env.clip_rewards else result.rewards
+            rewards = _clip(result.rewards) if cfg.env.clip_rewards else result.rewards
             replay.add(actions, rewards, result.terminated, result.truncated, result.final_obs)
             ended = np.flatnonzero(result.terminated | result.truncated)
             if ended.size:
@@ -191,7 +210,10 @@ class TrainingRun:
                 self.updates = self.step // cfg.agent.train_freq
             if self.step >= self._next_log:
                 self._log_row(epsilon)
-            self._bar.update(envs.num_envs)
+        self._bar.update(self.step - self._bar.n)
+        if self.done:
+            self._fold()
+            self._guard.check(self.step)
 
     def _update(self) -> None:
         raw = self.replay.sample(self.cfg.agent.batch_size)
@@ -208,25 +230,64 @@ class TrainingRun:
             metrics, priorities = self.agent.update(batch)
             metrics |= self.pair.step(self._replicate_sample)
         if self.cfg.agent.prioritized:
-            self.replay.update_priorities(raw.indices, priorities.float().cpu().numpy())
+            values = priorities.float().cpu().numpy()
+            if not np.isfinite(values).all():  # the memory would refuse them
+                raise DivergenceError(f"diverged: non-finite TD priorities at step {self.step:,}")
+            self.replay.update_priorities(raw.indices, values)
         self.updates += 1
         for key, value in metrics.items():
-            if value == value:  # NaN: no value at this update
+            if isinstance(value, torch.Tensor):
+                self._pending.setdefault(key, []).append(value)
+            elif value == value:  # NaN: no value at this update
                 self._sums[key] = self._sums.get(key, 0.0) + value
                 self._counts[key] = self._counts.get(key, 0) + 1
+        if self.updates % _FOLD_EVERY == 0:  # bounds the pending list (a long `log_every`)
+            self._fold()
 
-    def _replicate_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        b = self.replay.sample(self.cfg.agent.batch_size)
+    def _replicate_sample(self) -> tuple[torch.Tensor, ...]:
+        """A Replicate batch (`target.replicate_sampling`): `(obs, actions)` drawn uniformly,
+        or `(obs, actions, weights)` drawn by priority."""
+        b = self._replicate_batch()
+        if self.cfg.agent.prioritized and self.cfg.target.replicate_sampling == "prioritized":
+            return self._to_device(b.obs), self._to_device(b.actions), self._to_device(b.weights)
         return self._to_device(b.obs), self._to_device(b.actions)
+
+    def _replicate_batch(self) -> ReplayBatch:
+        uniform = self.cfg.target.replicate_sampling == "uniform"
+        return self.replay.sample(self.cfg.agent.batch_size, uniform=uniform)
 
     def _to_device(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
+        if self._on_cpu:
+            return t
         return (t.pin_memory() if self._pin else t).to(self.device, non_blocking=self._pin)
 
+    def _fold(self) -> None:
+        """Read the pending tensor metrics (one read per key) into the sums and the guard.
+
+        Summed one by one in update order in float64, as Python numbers are, so the averages do
+        not depend on when a window is folded (a log row or a checkpoint).
+        """
+        values = {k: torch.stack(v).tolist() for k, v in self._pending.items()}
+        self._pending.clear()
+        self._guard.observe(values.get("loss/td", ()), values.get("q/online_abs_mean", ()))
+        for key, items in values.items():
+            total, count = self._sums.get(key, 0.0), self._counts.get(key, 0)
+            for value in items:
+                if value == value:  # NaN: no value at this update
+                    total += value
+                    count += 1
+            self._sums[key], self._counts[key] = total, count
+
     def _log_row(self, epsilon: float) -> None:
-        """Averaged training metrics since the last row, at the first step past `log_every`."""
+        """Averaged training metrics since the last row, at the first step past `log_every`.
+
+        Then checks the window for divergence (`agent.divergence_q`): the row that shows it is
+        logged first.
+        """
         now = time.perf_counter()
-        row = {k: v / self._counts[k] for k, v in self._sums.items()}
+        self._fold()
+        row = {k: self._sums[k] / self._counts[k] for k in sorted(self._sums) if self._counts[k]}
         row["charts/epsilon"] = epsilon
         row["perf/sps"] = (self.step - self._last_step) / max(now - self._last_time, 1e-9)
         row["perf/updates"] = self.updates
@@ -234,15 +295,19 @@ class TrainingRun:
             obs = self.replay.sample(256, rng=self._diagnostics_rng).obs
             row["gap/function"] = self.pair.function_gap(self._to_device(obs))
         self.logger.log_metrics(row, self.step)
+        self._guard.check(self.step)
+        self._guard.reset()
         self._sums.clear()
         self._counts.clear()
         self._last_time, self._last_step = now, self.step
         self._next_log = (self.step // self.cfg.log_every + 1) * self.cfg.log_every
         recent = self._recent_returns
+        self._bar.update(self.step - self._bar.n)  # the bar moves once per row, not per step
         self._bar.set_postfix(
             sps=f"{row['perf/sps']:.0f}",
             eps=f"{epsilon:.3f}",
             ret=f"{np.mean(recent):.1f}" if recent else "-",
+            refresh=False,
         )
 
     def evaluate(self) -> float:
@@ -279,6 +344,7 @@ class TrainingRun:
 
         The replay's arrays share memory with the live buffer: save before stepping again.
         """
+        self._fold()  # pending metrics become sums: the same numbers, whenever folded
         return {
             "config": flatten(self.cfg),
             "pair": self.pair.state_dict(),
@@ -297,6 +363,7 @@ class TrainingRun:
                 "sums": dict(self._sums),
                 "counts": dict(self._counts),
                 "next_log": self._next_log,
+                "divergence": self._guard.state_dict(),
             },
         }
 
@@ -306,7 +373,8 @@ class TrainingRun:
         Raises:
             ValueError: the saved run used other settings (beyond `RESUMABLE_CHANGES`).
         """
-        saved, mine = state["config"], flatten(self.cfg)
+        # A setting added since the checkpoint was written counts as its default there.
+        saved, mine = flatten(TrainConfig()) | state["config"], flatten(self.cfg)
         differ = sorted(
             k
             for k in saved.keys() | mine.keys()
@@ -329,6 +397,10 @@ class TrainingRun:
         self.eval_returns = list(state["evaluations"]["returns"])
         self._sums = dict(state["log"]["sums"])
         self._counts = dict(state["log"]["counts"])
+        self._pending.clear()
+        self._guard.reset()
+        if "divergence" in state["log"]:
+            self._guard.load_state_dict(state["log"]["divergence"])
         self._next_log = state["log"]["next_log"]
         if self.envs.load_state_dict(state["envs"]):
             self._obs = state["obs"]
@@ -363,6 +435,11 @@ class TrainingRun:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _clip(rewards: np.ndarray) -> np.ndarray:
+    """`np.clip(rewards, -1, 1)`, the same numbers at half the cost (it runs every step)."""
+    return np.minimum(np.maximum(rewards, -1.0), 1.0)
 
 
 def _progress_bar(total: int, *, enabled: bool) -> Any:

@@ -14,12 +14,17 @@ must become a writer (the reason Optuna's FAQ advises against SQLite for paralle
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import random
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlencode
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -34,7 +39,9 @@ T = TypeVar("T")
 RunStatus = Literal["FINISHED", "KILLED", "FAILED"]
 
 ROLE = "hetero_lr.role"
-"""Tag naming a run's place in the layout: `study`, `trial` or `seed`."""
+"""Tag naming a run's place in the layout: `study`, `trial`, `seed` or `confirm`."""
+DESCRIPTION = "mlflow.note.content"
+"""The run description `mlflow ui` shows (Markdown) and `start_run(description=...)` sets."""
 END_REASON = "hetero_lr.end_reason"
 """Tag holding why a run ended as it did (pruning step, divergence message, interruption)."""
 PARENT = "mlflow.parentRunId"
@@ -73,6 +80,56 @@ def retry(
                 raise
             time.sleep(min(max_delay, delay * 2**attempt) * random.uniform(0.5, 1.5))
     return fn(*args, **kwargs)
+
+
+@cache
+def source_tags() -> dict[str, str]:
+    """MLflow's standard provenance tags (`mlflow/utils/mlflow_tags.py`): who ran what, from
+    which commit of this package (the UI's User, Source and Version columns)."""
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "hetero_lr.study"}
+    with contextlib.suppress(OSError, KeyError):  # no user name in some containers
+        tags["mlflow.user"] = getpass.getuser()
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+@cache
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def trials_link(tracking_uri: str, experiment_id: str) -> str:
+    """A link to a study's trial runs in `mlflow ui`, best first, in the machine-learning view.
+
+    MLflow 3's UI opens in its GenAI view unless `workflowType=machine_learning` is in the URL;
+    `searchFilter`, `orderByKey` and `orderByAsc` are the experiment page's own query keys
+    (MLflow's `EXPERIMENT_PAGE_QUERY_PARAM_KEYS`). A local store has no server: the link points
+    at `mlflow ui`'s default address.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    query = urlencode(
+        {
+            "workflowType": "machine_learning",
+            "searchFilter": f"tags.`{ROLE}` = 'trial'",
+            "orderByKey": "metrics.`objective`",
+            "orderByAsc": "false",
+        },
+        quote_via=quote,
+    )
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -147,12 +204,15 @@ class Tracker:
         experiment_id: str,
         *,
         name: str,
-        role: Literal["study", "trial", "seed"],
+        role: Literal["study", "trial", "seed", "confirm"],
         parent_run_id: str | None = None,
         tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
     ) -> str:
         """Create a RUNNING run (nested under `parent_run_id` if given) and return its id."""
-        all_tags = {ROLE: role, **(tags or {})}
+        all_tags = {**source_tags(), ROLE: role, **(tags or {})}
+        if description:
+            all_tags[DESCRIPTION] = description
         if parent_run_id:
             all_tags[PARENT] = parent_run_id
         run = retry(
@@ -193,6 +253,14 @@ class Tracker:
     def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
         """Save a dict as a JSON or YAML artifact (by the file's extension)."""
         retry(self.client.log_dict, run_id, data, artifact_file)
+
+    def log_table(self, run_id: str, data: Any, artifact_file: str) -> None:
+        """Save a table (dict of columns or DataFrame) as a JSON artifact the UI shows."""
+        retry(self.client.log_table, run_id, data, artifact_file)
+
+    def describe(self, run_id: str, text: str) -> None:
+        """Set the run's description (Markdown in `mlflow ui`)."""
+        self.set_tags(run_id, {DESCRIPTION: text})
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Save text as an artifact of the run."""

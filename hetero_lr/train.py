@@ -60,7 +60,7 @@ def train(
 
     Raises:
         ValueError: settings that cannot be built, or a checkpoint made with other settings.
-        DivergenceError: the TD loss or the Q-values became non-finite or exploded.
+        DivergenceError: a non-finite TD loss or a mean |Q| above `agent.divergence_q`.
     """
     logger = logger or NullLogger()
     checkpoint = Path(out) / CHECKPOINT if out is not None else None

@@ -3,7 +3,9 @@
 `HeteroPair` holds one rule and calls `rule.step(pair, sample)` after every host (Lookahead)
 step. A rule owns its settings, its counters and, for `Replicate`, the target's optimizer, so
 an importing agent has one object to drop in (TorchRL's `HardUpdate`/`SoftUpdate` play the same
-role for same-architecture targets). Rules report metrics under their final names:
+role for same-architecture targets). Rules report metrics under their final names, as Python
+numbers or detached 0-d tensors (a host reads tensors once per log row, not at every step, so
+that a GPU is not synchronised per update):
 
 - `perf/replicate_steps_per_update` (Replicate): target gradient steps at this call, 0 or more;
   averaged over calls it is the realised KR/KL rate.
@@ -25,7 +27,6 @@ window) is an addition.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
@@ -33,7 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from hetero_lr.losses import replicate_loss
-from hetero_lr.pair import HeteroPair, Sample, module_mode
+from hetero_lr.pair import HeteroPair, Sample
+
+Metrics = dict[str, float | Tensor]
 
 REPLICATE_STEPS = "perf/replicate_steps_per_update"
 TARGET_COPIES = "perf/target_copies_per_update"
@@ -46,7 +49,7 @@ class TargetUpdate(ABC):
         """Attach to a pair's networks (called once by `HeteroPair`); checks and set-up."""
 
     @abstractmethod
-    def step(self, pair: HeteroPair, sample: Sample) -> dict[str, float]:
+    def step(self, pair: HeteroPair, sample: Sample) -> Metrics:
         """Called after each host (Lookahead) step; returns metrics (see the module docstring)."""
 
     @abstractmethod
@@ -72,6 +75,12 @@ class Replicate(TargetUpdate):
             `interleaved` spreads them evenly: call t runs floor(t kr / kl) - floor((t-1) kr / kl).
         optimizer: `adam` or `sgd` for the target network.
         max_grad_norm: clip the target's gradient norm; None disables.
+
+    Replicate batches come from the `sample` callable passed to `step`. A batch
+    `(obs, actions, weights)` makes the loss a weighted mean over samples (importance-sampling
+    weights of a prioritised draw); `(obs, actions)` a plain mean. `hetero_lr.run.TrainingRun`
+    draws them uniformly by default even from a prioritised memory (`target.replicate_sampling`):
+    the function gap is a property of the state distribution, not of TD error.
 
     Counters: `online_steps` counts `step` calls, `replicate_steps` target updates. After
     `t` calls exactly `floor(t / kl) * kr` (block) or `floor(t * kr / kl)` (interleaved)
@@ -126,16 +135,28 @@ class Replicate(TargetUpdate):
         return call * self.kr // self.kl - (call - 1) * self.kr // self.kl
 
     def replicate_loss(
-        self, pair: HeteroPair, obs: Tensor, actions: Tensor | None = None
+        self,
+        pair: HeteroPair,
+        obs: Tensor,
+        actions: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> Tensor:
         """This rule's Replicate loss on `obs` (current modes); gradients reach only the target.
 
-        `actions` `[B]` are required by the taken-action variant.
+        `actions` `[B]` are required by the taken-action variant; `weights` `[B]` weight the
+        mean over samples.
         """
-        return pair.replicate_loss(obs, actions, variant=self.variant, loss=self.loss)
+        return pair.replicate_loss(
+            obs, actions, weights=weights, variant=self.variant, loss=self.loss
+        )
 
     def _loss(
-        self, pair: HeteroPair, out_target: Tensor, out_online: Tensor, actions: Tensor
+        self,
+        pair: HeteroPair,
+        out_target: Tensor,
+        out_online: Tensor,
+        actions: Tensor,
+        weights: Tensor | None,
     ) -> Tensor:
         return replicate_loss(
             out_target,
@@ -143,30 +164,31 @@ class Replicate(TargetUpdate):
             support=pair.support,
             actions=actions if self.variant == "taken_action" else None,
             kind=self.loss,
+            weights=weights,
         )
 
-    def step(self, pair: HeteroPair, sample: Sample) -> dict[str, float]:
+    def step(self, pair: HeteroPair, sample: Sample) -> Metrics:
         self.online_steps += 1
         n = self.due(self.online_steps)
         if n == 0:
             return {REPLICATE_STEPS: 0}
         assert self.optimizer is not None, "Replicate.step before bind"
-        before = math.nan
-        with module_mode(pair.online, False), module_mode(pair.target, True):
+        with pair.modes(online=False, target=True):
             for i in range(n):
-                obs, actions = sample()
+                obs, actions, *weights = sample()  # weights: [] or [w] (see the class docstring)
+                w = weights[0] if weights else None
                 with torch.no_grad():
                     out_online = pair.online(obs)
-                loss = self._loss(pair, pair.target(obs), out_online, actions)
+                loss = self._loss(pair, pair.target(obs), out_online, actions, w)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_(pair.target.parameters(), self.max_grad_norm)
                 self.optimizer.step()
                 if i == 0:
-                    before = loss.item()
-            with module_mode(pair.target, False), torch.no_grad():
-                after = self._loss(pair, pair.target(obs), out_online, actions).item()
+                    before = loss.detach()
+        with pair.modes(online=False, target=False), torch.no_grad():
+            after = self._loss(pair, pair.target(obs), out_online, actions, w)
         self.replicate_steps += n
         return {REPLICATE_STEPS: n, "loss/replicate_before": before, "loss/replicate_after": after}
 
@@ -235,7 +257,7 @@ class HardCopy(_ParameterSpaceUpdate):
         super().__init__()
         self.period = period
 
-    def step(self, pair: HeteroPair, sample: Sample) -> dict[str, float]:
+    def step(self, pair: HeteroPair, sample: Sample) -> Metrics:
         self.online_steps += 1
         if self.online_steps % self.period:
             return {TARGET_COPIES: 0}
@@ -257,7 +279,7 @@ class Polyak(_ParameterSpaceUpdate):
         self.tau = tau
 
     @torch.no_grad()
-    def step(self, pair: HeteroPair, sample: Sample) -> dict[str, float]:
+    def step(self, pair: HeteroPair, sample: Sample) -> Metrics:
         self.online_steps += 1
         for w, theta in zip(pair.target.parameters(), pair.online.parameters(), strict=True):
             w.lerp_(theta, self.tau)

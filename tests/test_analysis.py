@@ -6,14 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from fake_runs import fake_runs
 from scipy import stats
 
 from analysis import best_trials, iqm, load_study_data, stratified_bootstrap_ci
+from analysis.load import load_curves
 from analysis.report import main as report_main
-from hetero_lr.config import flatten
 from hetero_lr.study import main as study_main
 from hetero_lr.study import run_seeds
-from hetero_lr.train import TrainResult
+from hetero_lr.study.confirm import confirm_seeds
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -37,17 +38,14 @@ def test_bootstrap_resamples_runs_within_each_task():
     assert low <= narrow[1] <= narrow[2] <= high
 
 
-def fake_train(cfg, *, logger=None, on_eval=None, out=None, resume=False, progress=True):
-    """Returns 10 * kl (HardCopy 100) + seed % 3, + 5 on Acrobot; rises linearly over evals."""
+def _score(cfg, step):
+    """10 * kl (HardCopy 100) + seed % 3, + 5 on Acrobot; rises linearly over evaluations."""
     final = 100.0 if cfg.target.rule == "hardcopy" else 10.0 * cfg.target.kl
     final += cfg.seed % 3 + (5.0 if cfg.env.id == "Acrobot-v1" else 0.0)
-    logger.log_params(flatten(cfg))
-    steps = list(range(cfg.eval_every, cfg.steps + 1, cfg.eval_every))
-    returns = [final * s / cfg.steps for s in steps]
-    for step, value in zip(steps, returns, strict=True):
-        logger.log_metrics({"eval/return_mean": value}, step)
-        on_eval(step, value)
-    return TrainResult(cfg.steps, steps, returns, returns[-1], False, 0.0, 10, 10)
+    return final * step / cfg.steps
+
+
+fake_train = fake_runs(_score)
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +68,12 @@ def study_results(tmp_path_factory):
         "sampler": "grid",
         "pruner": "none",
         "objective": {"last_evals": 1},
+        "confirm": 2,
     }
     (folder / "grid.yaml").write_text(yaml.safe_dump(study))
     results = folder / "results"
     argv = ["--study", str(folder / "grid.yaml"), "--results", str(results)]
-    assert study_main(argv, train_fn=fake_train) == 0
+    assert study_main(argv, run_factory=fake_train) == 0
     return results
 
 
@@ -96,10 +95,14 @@ def test_report_tables_and_figures(study_results, tmp_path):
     assert code == 0
     for name in (
         "trials.csv",
+        "confirmed_scores.csv",
+        "confirmed_scores.md",
         "final_scores.csv",
         "final_scores.md",
         "final_scores.png",
         "learning_curves.png",
+        "gap_curves.png",
+        "td_loss_curves.png",
         "kr_kl.csv",
         "kr_kl_heatmap.png",
         "importances.csv",
@@ -119,6 +122,31 @@ def test_report_tables_and_figures(study_results, tmp_path):
         assert row["mean"] == pytest.approx(np.mean(runs)) == pytest.approx(row["objective"])
         assert row["ci_low"] <= row["iqm"] <= row["ci_high"]
     assert list(scores.index) == ["mlp:mlp@hardcopy", "mlp:mlp"]  # sorted by IQM
+
+    # The headline: confirmation runs only, on seeds no search run used.
+    confirmed = pd.read_csv(out / "confirmed_scores.csv").set_index("arm")
+    fresh = confirm_seeds(0, 2, run_seeds(0, 3))
+    assert not set(fresh) & set(run_seeds(0, 3))
+    for arm, base in expected.items():
+        runs = [base + s % 3 + bonus for bonus in (0, 5) for s in fresh]  # CartPole, Acrobot
+        row = confirmed.loc[arm]
+        assert row["runs"] == 4 and row["iqm"] == pytest.approx(stats.trim_mean(runs, 0.25))
+        assert row["selection"] == pytest.approx(scores.loc[arm, "objective"])
+        assert row["ci_low"] <= row["iqm"] <= row["ci_high"]
+    diff = confirmed.loc["mlp:mlp"]
+    assert diff["baseline"] == "mlp:mlp@hardcopy" and diff["diff"] == pytest.approx(-60.0)
+    assert diff["diff_low"] <= -60.0 <= diff["diff_high"]
+    report = (out / "report.md").read_text()
+    assert "Confirmed scores" in report and "mean over confirmation runs" in report
+    data = load_study_data(study_results)
+    curves = load_curves(data, [int(t) for t in confirmed["trial"]], confirmed=True)
+    assert (
+        set(curves["seed"]) == set(fresh) and len(curves) == 2 * 2 * 2 * 2
+    )  # arms envs seeds evals
+    gap = load_curves(
+        data, [int(confirmed.loc["mlp:mlp", "trial"])], key="gap/function", confirmed=True
+    )
+    assert sorted(set(gap["score"])) == [2.0 / 200, 2.0 / 100]
 
     cells = pd.read_csv(out / "kr_kl.csv")
     assert len(cells) == 4 and set(cells["trials"]) == {1}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pytest
 import yaml
 
+from hetero_lr._typed import Gt
 from hetero_lr.config import (
     PRESETS,
     AgentConfig,
@@ -106,6 +107,13 @@ GOOD = [
     ("agent.max_grad_norm", "none", None),
     ("agent.max_grad_norm", "NULL", None),
     ("agent.max_grad_norm", "5", 5.0),
+    # float | Literal["auto"] | None: members tried in order
+    ("agent.divergence_q", "auto", "auto"),
+    ("agent.divergence_q", 200, 200.0),
+    ("agent.divergence_q", "1e3", 1000.0),
+    ("agent.divergence_q", "none", None),
+    ("agent.divergence_q", None, None),
+    ("target.replicate_sampling", "prioritized", "prioritized"),
     # str
     ("pair", "impala:nature", "impala:nature"),
     ("env.id", "MinAtar/Breakout-v1", "MinAtar/Breakout-v1"),
@@ -153,6 +161,8 @@ BAD = [
     # float | None
     ("agent.max_grad_norm", "x", "a finite number or none"),
     ("agent.max_grad_norm", False, "a finite number or none"),
+    ("agent.divergence_q", "automatic", "a finite number or one of 'auto' or none"),
+    ("agent.divergence_q", True, "a finite number or one of 'auto' or none"),
     # str
     ("pair", 5, "a string"),
     # dict options
@@ -243,7 +253,13 @@ BOUNDS = [
     ],
     *[
         (key, 0.0, 1e-12, "> 0")
-        for key in ("agent.lr", "agent.adam_eps", "target.lr", "agent.max_grad_norm")
+        for key in (
+            "agent.lr",
+            "agent.adam_eps",
+            "target.lr",
+            "agent.max_grad_norm",
+            "agent.divergence_q",
+        )
     ],
     ("agent.priority_alpha", -0.01, 0.0, ">= 0"),
     ("agent.priority_beta", -0.01, 0.0, ">= 0"),
@@ -414,3 +430,16 @@ def test_coerce_sequences_and_edge_types():
     assert math.isclose(coerce(np.float64(1e-4), float, "k"), 1e-4)
     with pytest.raises(TypeError):
         coerce(1, set[int], "k")
+
+
+def test_coerce_unions_try_members_in_declaration_order():
+    hint = Annotated[float | Literal["auto"] | None, Gt(0)]
+    assert coerce("auto", hint, "k") == "auto"
+    assert coerce("2", hint, "k") == 2.0 and coerce("NULL", hint, "k") is None
+    with pytest.raises(ValueError, match=r"^k=-1\.0 must be > 0$"):  # bounds: numbers only
+        coerce(-1, hint, "k")
+    assert coerce("1", int | str, "k") == 1  # the first member that accepts the value wins
+    assert coerce("1", str | int, "k") == "1"
+    assert coerce("x", int | str, "k") == "x"
+    with pytest.raises(ValueError, match=r"^k='x' is not an integer or one of 'a'$"):
+        coerce("x", int | Literal["a"], "k")  # no None member: no "or none" either

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from hetero_lr.losses import categorical_projection, expected_q, gather_actions, td_loss
+from hetero_lr.losses import (
+    categorical_projection,
+    expected_q,
+    gather_actions,
+    replicate_loss,
+    td_loss,
+)
 
 SUPPORT = torch.linspace(-2.0, 2.0, 5)  # atoms -2, -1, 0, 1, 2
 
@@ -40,3 +46,21 @@ def test_expected_q_gather_and_td_loss():
     assert gather_actions(logits, torch.tensor([1, 0])).shape == (2, 5)
     loss = td_loss(torch.tensor([0.0, 0.0]), torch.tensor([0.5, 3.0]), "huber")
     assert torch.allclose(loss, torch.tensor([0.125, 2.5]))
+
+
+def test_weighted_replicate_loss_is_the_weighted_mean_over_samples():
+    q_target = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    q_online = torch.tensor([[0.0, 0.0], [1.0, 1.0], [3.0, 1.0]])
+    # all actions, MSE: per-sample gaps 1 + 4 = 5, 1 + 1 = 2, 0 + 4 = 4
+    weights = torch.tensor([0.5, 1.0, 0.25])
+    expected = (0.5 * 5 + 1.0 * 2 + 0.25 * 4) / (0.5 + 1.0 + 0.25)
+    loss = replicate_loss(q_target, q_online, support=None, weights=weights)
+    assert torch.allclose(loss, torch.tensor(expected))
+    assert torch.allclose(replicate_loss(q_target, q_online, support=None), torch.tensor(11 / 3))
+    # taken action [1, 0, 1]: gaps 4, 1, 4
+    actions = torch.tensor([1, 0, 1])
+    taken = replicate_loss(q_target, q_online, support=None, actions=actions, weights=weights)
+    assert torch.allclose(taken, torch.tensor((0.5 * 4 + 1.0 + 0.25 * 4) / 1.75))
+    # equal weights of any size give the plain mean
+    equal = replicate_loss(q_target, q_online, support=None, weights=torch.full((3,), 0.2))
+    assert torch.allclose(equal, torch.tensor(11 / 3))

@@ -378,6 +378,18 @@ def test_prioritized_frequencies_follow_priorities() -> None:
     assert counts[3] / counts.sum() > 0.97  # 1000 / (1000 + 5.4) of the mass
 
 
+def test_uniform_draws_from_a_prioritized_memory_ignore_and_keep_priorities() -> None:
+    mem, handles = filled_priority_memory()
+    mem.update_priorities(handles, np.array([1e6, 0, 0, 0, 0, 0, 0, 0]))
+    leaves = mem._tree.levels[0].copy()
+    batch = mem.sample(16_000, uniform=True)
+    counts = np.bincount(batch.obs[:, 0].astype(int), minlength=8)
+    chi_square = ((counts - 2_000) ** 2 / 2_000).sum()
+    assert chi_square < 7 + 5 * np.sqrt(14)  # df 7, about p = 1e-3
+    assert (batch.weights == 1).all()
+    np.testing.assert_array_equal(mem._tree.levels[0], leaves)  # priorities untouched
+
+
 def test_importance_weights_and_new_transitions_at_max_priority() -> None:
     mem, handles = filled_priority_memory(alpha=1.0, beta=0.4)
     priorities = np.arange(1.0, 9.0)

@@ -203,3 +203,43 @@ def test_atari_load_restarts_games_with_fresh_seeds(tmp_path):
             fresh.close()
             resumed.run_until(120)
             assert resumed.step == 120 and first_obs.shape == resumed._obs.shape
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "prioritized"])
+def test_replicate_batches_under_prioritized_replay(sampling):
+    """`target.replicate_sampling`: with very skewed priorities, uniform Replicate batches stay
+    uniform over the stored transitions (priorities untouched); prioritised ones follow the
+    priorities and bring their importance weights."""
+    cfg = config(agent={"prioritized": True}, target={"replicate_sampling": sampling})
+    with TrainingRun(cfg) as run:
+        run.run_until(600)
+        memory = run.replay
+        valid = np.flatnonzero(memory._valid)
+        hot = valid[:: len(valid) // 10][:10]  # 10 transitions hold ~98% of the mass
+        memory.update_priorities(valid, np.full(len(valid), 1e-3))
+        memory.update_priorities(hot, np.full(len(hot), 1e4))
+        leaves = memory._tree.levels[0].copy()
+        drawn = []
+        sample = memory.sample
+
+        def recording_sample(*args, **kwargs):
+            batch = sample(*args, **kwargs)
+            drawn.append(batch.indices)
+            return batch
+
+        memory.sample = recording_sample
+        batches = [run._replicate_sample() for _ in range(600)]
+        indices = np.concatenate(drawn)
+        np.testing.assert_array_equal(memory._tree.levels[0], leaves)
+    hot_share = np.isin(indices, hot).mean()
+    if sampling == "uniform":
+        assert all(len(b) == 2 for b in batches)
+        counts = np.bincount(np.searchsorted(valid, indices), minlength=len(valid))
+        assert np.isin(indices, valid).all()
+        total_variation = 0.5 * np.abs(counts / counts.sum() - 1 / len(valid)).sum()
+        assert total_variation < 0.2 and hot_share < 0.05  # expected: about 0.1 and 0.017
+    else:
+        assert all(len(b) == 3 for b in batches)
+        assert hot_share > 0.9
+        weights = torch.cat([b[2] for b in batches])
+        assert weights.max() == 1 and weights.min() < 0.1  # the hot draws weigh much less

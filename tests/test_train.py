@@ -11,12 +11,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 from tiny_configs import tiny
 
-from hetero_lr.agent import Agent, Batch, DivergenceError, epsilon_at
+from hetero_lr.agent import Agent, Batch, epsilon_at
 from hetero_lr.build import build_pair
 from hetero_lr.config import AgentConfig, TrainConfig, apply_preset, from_dict
 from hetero_lr.loggers import CSVLogger
@@ -50,7 +49,7 @@ def test_td_step_matches_the_bellman_target():
         bootstrap = agent.pair.target(batch.next_obs)[torch.arange(8), best]
         expected = (q - (batch.rewards + batch.discounts * bootstrap)).square().mean()
     metrics, priorities = agent.update(batch)
-    assert metrics["loss/td"] == pytest.approx(expected.item(), rel=1e-5)
+    assert float(metrics["loss/td"]) == pytest.approx(expected.item(), rel=1e-5)
     assert priorities.shape == (8,) and (priorities >= 0).all()
 
 
@@ -58,7 +57,7 @@ def test_categorical_step_gives_finite_loss_and_priorities():
     cfg = from_dict(TrainConfig, {"agent": {"categorical": True, "num_atoms": 11}}, base=tiny())
     agent = _agent(cfg)
     metrics, priorities = agent.update(_batch())
-    assert np.isfinite(metrics["loss/td"]) and (priorities > 0).all()
+    assert torch.isfinite(metrics["loss/td"]) and (priorities > 0).all()
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -81,12 +80,6 @@ def test_hardcopy_same_architecture_is_dqn():
         )
         assert same_as_start == (i < 3)
     assert _same_weights(pair.online, pair.target)
-
-
-def test_divergence_is_reported():
-    agent = _agent(tiny())
-    with pytest.raises(DivergenceError, match="diverged"):
-        agent.update(_batch(rewards=torch.full((8,), float("inf"))))
 
 
 def test_epsilon_schedule_follows_dopamine():

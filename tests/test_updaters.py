@@ -98,3 +98,17 @@ def test_rule_state_round_trip_continues_identically(name):
     for (key, a), b in zip(pair.state_dict().items(), resumed.state_dict().values(), strict=True):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), key
+
+
+def test_replicate_weights_the_loss_when_the_batch_brings_weights():
+    """A `(obs, actions, weights)` batch whose weight sits on one sample moves the target as
+    that sample alone does; `(obs, actions)` batches keep working (plain mean)."""
+    obs, actions = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    weights = torch.zeros(8)
+    weights[2] = 0.3
+    weighted, alone = _pair(Replicate(1, 1, lr=1e-2)), _pair(Replicate(1, 1, lr=1e-2))
+    before = weighted.step(lambda: (obs, actions, weights))["loss/replicate_before"]
+    alone_before = alone.step(lambda: (obs[2:3], actions[2:3]))["loss/replicate_before"]
+    assert torch.allclose(before, alone_before)
+    for a, b in zip(weighted.target.parameters(), alone.target.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

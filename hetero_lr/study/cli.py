@@ -19,10 +19,19 @@ import optuna
 
 from hetero_lr import tracking
 from hetero_lr._cli import OneLineParser
+from hetero_lr.scores import normalizer
 from hetero_lr.study._console import duration
-from hetero_lr.study.objective import TrainFn
-from hetero_lr.study.preflight import check_pairings, estimate_seconds, probe_envs, run_device
+from hetero_lr.study.preflight import (
+    EnvInfo,
+    available_memory,
+    check_memory,
+    check_pairings,
+    estimate_seconds,
+    probe_envs,
+    run_device,
+)
 from hetero_lr.study.runner import run_study
+from hetero_lr.study.runs import RunFactory
 from hetero_lr.study.settings import SettingsMismatch, StudySettings, run_seeds
 from hetero_lr.study.spec import (
     PRUNERS,
@@ -54,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, metavar="N", help="agent steps per run")
     p.add_argument("--trials", type=int, metavar="N", help="trials this invocation adds")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds (runs) per trial")
+    p.add_argument(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="after the search, rerun each pairing's best trial and each baseline on K fresh "
+        "seeds; the headline numbers come only from these runs",
+    )
     p.add_argument(
         "--storage",
         metavar="URL",
@@ -96,10 +112,11 @@ def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings
         ValueError: bad input, as a one-line message naming the value and what is accepted.
     """
     spec = load_study(args.study)
-    for flag in ("steps", "trials", "seeds", "workers"):
+    for flag in ("steps", "trials", "seeds", "workers", "confirm"):
         value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "trials" else 1):
-            raise ValueError(f"--{flag} must be >= {0 if flag == 'trials' else 1}, got {value}")
+        low = 0 if flag in ("trials", "confirm") else 1
+        if value is not None and value < low:
+            raise ValueError(f"--{flag} must be >= {low}, got {value}")
     if args.pair and args.pairs:
         raise ValueError("give --pair or --pairs, not both")
     pairings = None
@@ -123,6 +140,7 @@ def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings
         config=config,
         trials=args.trials,
         seeds=args.seeds,
+        confirm=args.confirm,
         sampler=args.sampler,
         pruner=args.pruner,
     )
@@ -149,8 +167,10 @@ def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings
     )
 
 
-def banner(settings: StudySettings, estimate: dict[str, Any] | None) -> str:
-    """What will run, where it is stored, and how long it should take."""
+def banner(
+    settings: StudySettings, estimate: dict[str, Any] | None, envs: Sequence[EnvInfo] = ()
+) -> str:
+    """What will run, what its scores mean, where it is stored, and how long it should take."""
     spec, base = settings.spec, settings.spec.base
     baselines = ", ".join(a.label for a in spec.baseline_arms) or "none"
     lines = [
@@ -159,7 +179,9 @@ def banner(settings: StudySettings, estimate: dict[str, Any] | None) -> str:
         f"  envs       {', '.join(spec.env_ids)}   {base.steps:,} steps/run, evaluation every "
         f"{base.eval_every:,} ({base.eval_episodes} episodes), objective: mean of the last "
         f"{spec.last_evals}",
-        f"  seeds      {spec.seeds} per trial {list(settings.run_seeds)} (study seed {spec.seed})",
+        *(f"  scores     {_score_meaning(env)}" for env in envs),
+        f"  seeds      {spec.seeds} per trial {list(settings.run_seeds)} (study seed {spec.seed})"
+        + (f"; confirmation on {spec.confirm} fresh seeds" if spec.confirm else ""),
         f"  space      {'; '.join(p.describe() for p in spec.space) or '(pairing only)'}",
         f"  trials     {spec.trials} (+ baselines not yet run)   sampler {spec.sampler}   "
         f"pruner {spec.pruner}   workers {settings.workers}",
@@ -181,10 +203,26 @@ def banner(settings: StudySettings, estimate: dict[str, Any] | None) -> str:
             f"  estimate   ~{duration(estimate['total'])} on {estimate['device']} "
             f"(rough; per run: {runs})"
         )
+        free = estimate.get("available")
+        lines.append(
+            f"  memory     replay held at once {estimate['memory'] / 1e9:.2f} GB"
+            + (f" (available now {free / 1e9:.1f} GB)" if free else "")
+        )
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) -> int:
+def _score_meaning(env: EnvInfo) -> str:
+    _, note = normalizer(env.env_id)
+    if env.random_score is None:
+        return f"{env.env_id}: {note}"
+    transform, _ = normalizer(env.env_id)
+    return (
+        f"{env.env_id}: {note}; a random policy scores {transform(env.random_score):.3g} "
+        "(measured now)"
+    )
+
+
+def main(argv: Sequence[str] | None = None, *, run_factory: RunFactory | None = None) -> int:
     """`hetero-lr-study` / `python -m hetero_lr.study`. Returns the exit code.
 
     Bad input (pair syntax, unknown family, incompatible pairing, kr/kl < 1, unreadable study
@@ -201,11 +239,15 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
         run_device(settings.spec.base.device)  # e.g. cuda requested where there is none
         envs = probe_envs(settings.spec)
         check_pairings(settings.spec, envs)
+        # A dry run reports what would not fit instead of refusing to show the study.
+        available = None if args.dry_run else available_memory()
+        memory = check_memory(settings.spec, envs, workers=settings.workers, available=available)
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     estimate = estimate_seconds(settings.spec, envs, workers=settings.workers)
-    print(banner(settings, estimate), flush=True)
+    estimate |= {"memory": memory, "available": available_memory()}
+    print(banner(settings, estimate, envs), flush=True)
     if args.dry_run:
         import yaml
 
@@ -223,7 +265,7 @@ def main(argv: Sequence[str] | None = None, *, train_fn: TrainFn | None = None) 
         )
         return 0
     try:
-        return run_study(settings, train_fn=train_fn)
+        return run_study(settings, run_factory=run_factory)
     except SettingsMismatch as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

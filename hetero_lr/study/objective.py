@@ -1,16 +1,20 @@
-"""One trial: sample its settings, train its runs, report to the pruner, log its MLflow runs."""
+"""One trial: sample its settings, train its runs side by side, report to the pruner, log.
+
+Pruning is fair across seeds: the runs of a trial (seeds x environments) advance in lockstep,
+evaluation period by evaluation period, and the value reported at pruning step i is the mean
+of their i-th evaluation scores. (Run one after another, a trial's first finished seed would
+shield it: Optuna compares the trial's values at a step with other trials' values at that
+step.) Lockstep holds every run's replay memory at once; the pre-flight check sizes it. With
+the Wilcoxon pruner, which compares trials run by run (paired by `run_seeds`), the runs go one
+after another and each finished run's score is reported as one step.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 import socket
-import time
-from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,49 +22,14 @@ import optuna
 from mlflow.entities import Metric
 
 from hetero_lr.config import TrainConfig, flatten
-from hetero_lr.scores import normalizer
 from hetero_lr.study._console import now_ms, say, worker_prefix
+from hetero_lr.study.runs import RunFactory, RunSlot, eval_steps, used_params
 from hetero_lr.study.settings import StudySettings
 from hetero_lr.study.spec import Arm, suggest
-from hetero_lr.tracking import MlflowLogger, Tracker
-
-TrainFn = Callable[..., Any]
-"""`hetero_lr.train.train`'s signature: `(cfg, *, logger, on_eval, out, resume, progress)`."""
+from hetero_lr.tracking import Tracker
 
 # Optuna trial state -> MLflow run status.
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
-
-
-class _Reporter:
-    """`on_eval` callback: reports evaluations to Optuna and stops the run once pruned."""
-
-    def __init__(
-        self,
-        trial: optuna.Trial,
-        transform: Callable[[float], float],
-        *,
-        tracker: Tracker,
-        run_id: str,
-        index: int,
-        per_eval: bool,
-    ) -> None:
-        self.trial, self.transform = trial, transform
-        self.tracker, self.run_id = tracker, run_id
-        self.index, self.per_eval = index, per_eval
-        self.pruned_at: int | None = None
-
-    def __call__(self, step: int, mean_return: float) -> bool:
-        if not self.per_eval:
-            return True
-        score = self.transform(mean_return)
-        self.trial.report(score, self.index)
-        metric = Metric("objective/intermediate", score, int(time.time() * 1000), self.index)
-        self.tracker.log_metrics(self.run_id, [metric])
-        self.index += 1
-        if self.trial.should_prune():
-            self.pruned_at = step
-            return False
-        return True
 
 
 class Objective:
@@ -77,16 +46,16 @@ class Objective:
         tracker: Tracker,
         experiment_id: str,
         study_run_id: str,
-        train_fn: TrainFn,
+        run_factory: RunFactory,
         worker: int = 0,
     ) -> None:
-        from hetero_lr.train import DivergenceError
+        from hetero_lr.agent import DivergenceError
 
         self.s = settings
         self.tracker = tracker
         self.experiment_id = experiment_id
         self.study_run_id = study_run_id
-        self.train_fn = train_fn
+        self.run_factory = run_factory
         self.worker = worker
         self.divergence = DivergenceError
 
@@ -102,9 +71,15 @@ class Objective:
             f"trial {trial.number} started: {arm.label}{shown} ({len(runs)} runs)",
             worker_prefix(self.worker, self.s.workers),
         )
+        envs = ", ".join(spec.env_ids)
+        self.description = (
+            f"Trial {trial.number} of study `{self.s.study_name}`: {arm.label}{shown}, "
+            f"{len(runs)} runs ({len(self.s.run_seeds)} seeds on {envs}), scored by the mean "
+            f"over runs of each run's last {spec.last_evals} evaluations."
+        )
         run_id = self.tracker.start_run(
             self.experiment_id,
-            name=f"{arm.label}__t{trial.number:04d}",
+            name=f"t{trial.number:04d} {arm.label}{shown}",
             role="trial",
             parent_run_id=self.study_run_id,
             tags={
@@ -114,8 +89,10 @@ class Objective:
                 "pairing": arm.label,
                 "rule": arm.rule,
             },
+            description=f"{self.description} Running.",
         )
         trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("experiment", self.experiment_id)
         self.tracker.log_params(run_id, self._trial_params(trial, arm, cfg))
         try:
             value = self._run_all(trial, arm, cfg, run_id, runs)
@@ -134,11 +111,11 @@ class Objective:
             self._end(trial, run_id, "FAIL", f"objective is not finite ({value})")
         else:
             self.tracker.log_metrics(run_id, [Metric("objective", value, now_ms(), 0)])
-            self._end(trial, run_id, "COMPLETE", None)
+            self._end(trial, run_id, "COMPLETE", f"objective {value:.4g}")
         return value
 
     def _trial_params(self, trial: optuna.Trial, arm: Arm, cfg: TrainConfig) -> dict[str, Any]:
-        params = flatten(cfg)
+        params = used_params(flatten(cfg))
         params.pop("seed")
         if len(self.s.spec.env_ids) > 1:
             params["env.id"] = ",".join(self.s.spec.env_ids)
@@ -161,109 +138,99 @@ class Objective:
         runs: list[tuple[str, int]],
     ) -> float:
         spec = self.s.spec
-        per_eval = spec.pruner != "wilcoxon"  # Wilcoxon compares whole runs, not evaluations
-        scores: list[float] = []
-        curves: list[tuple[list[int], list[float]]] = []
-        notes: set[str] = set()
-        index = 0  # evaluations reported so far: the pruner's step
-        for k, (env_id, seed) in enumerate(runs):
-            transform, note = normalizer(env_id)
-            notes.add(note)
-            logger = self._seed_run(trial, arm, run_id, env_id, seed, note)
-            reporter = _Reporter(
-                trial,
-                transform,
-                tracker=self.tracker,
-                run_id=run_id,
-                index=index,
-                per_eval=per_eval,
+        game = len(spec.env_ids) > 1
+        slots = [
+            RunSlot.of(
+                cfg,
+                env_id,
+                seed,
+                f"s{k % len(self.s.run_seeds)} seed={seed}"
+                + (f" {env_id.split('/')[-1]}" if game else ""),
+                **{"optuna.trial_number": trial.number, "pairing": arm.label},
             )
-            run_cfg = replace(cfg, seed=seed, env=replace(cfg.env, id=env_id))
-            result = self._train(run_cfg, logger, reporter, trial.number)
-            index = reporter.index
-            score = float(np.mean([transform(r) for r in result.eval_returns[-spec.last_evals :]]))
-            logger.log_metrics({"objective/run_score": score}, step=result.steps)
-            if k == 0:  # parameter counts are known once a run has built the networks
-                self.tracker.log_params(run_id, _param_counts(result))
-            if reporter.pruned_at is not None:
-                reason = (
-                    f"pruned by {spec.pruner} at evaluation {reporter.index} "
-                    f"(agent step {reporter.pruned_at} of run {k + 1}/{len(runs)})"
-                )
-                logger.end("KILLED", reason)
-                raise optuna.TrialPruned(reason)
-            logger.end("FINISHED")
-            scores.append(score)
-            curves.append((list(result.eval_steps), [transform(r) for r in result.eval_returns]))
-            self.tracker.log_metrics(run_id, [Metric("objective/run_score", score, now_ms(), k)])
-            if not per_eval:
-                trial.report(score, k)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned by wilcoxon after run {k + 1}/{len(runs)}")
-        self._log_curve(run_id, curves)
+            for k, (env_id, seed) in enumerate(runs)
+        ]
+        try:
+            if spec.pruner == "wilcoxon":
+                scores = self._one_by_one(trial, slots, run_id)
+            else:
+                scores = self._lockstep(trial, slots, run_id)
+        except BaseException as err:
+            pruned = isinstance(err, optuna.TrialPruned | KeyboardInterrupt)
+            for slot in slots:
+                slot.end("KILLED" if pruned else "FAILED", f"{type(err).__name__}: {err}")
+            raise
+        self._log_curve(run_id, slots)
         trial.set_user_attr("run_scores", scores)
-        trial.set_user_attr("normalization", sorted(notes))
-        self.tracker.set_tags(run_id, {"objective.normalization": "; ".join(sorted(notes))})
+        notes = sorted({slot.note for slot in slots})
+        trial.set_user_attr("normalization", notes)
+        self.tracker.set_tags(run_id, {"objective.normalization": "; ".join(notes)})
         return float(np.mean(scores))
 
-    def _seed_run(
-        self, trial: optuna.Trial, arm: Arm, run_id: str, env_id: str, seed: int, note: str
-    ) -> MlflowLogger:
-        """Start the nested MLflow run of one training run; returns its logger."""
-        game = f"__{env_id.split('/')[-1]}" if len(self.s.spec.env_ids) > 1 else ""
-        seed_run = self.tracker.start_run(
+    def _start(self, slot: RunSlot, run_id: str, first: bool) -> None:
+        trial = slot.tags["optuna.trial_number"]
+        slot.start(
+            self.run_factory,
+            self.tracker,
             self.experiment_id,
-            name=f"{arm.label}__t{trial.number:04d}{game}__s{seed}",
             role="seed",
             parent_run_id=run_id,
-            tags={
-                "optuna.trial_number": trial.number,
-                "seed": seed,
-                "env.id": env_id,
-                "pairing": arm.label,
-                "objective.normalization": note,
-            },
+            description=f"Seed {slot.cfg.seed} of trial {trial} ({slot.tags['pairing']}) "
+            f"on {slot.cfg.env.id}.",
         )
-        return MlflowLogger(self.tracker, seed_run)
+        if first:  # parameter counts are known once a run has built its networks
+            params = slot.run.params()  # type: ignore[union-attr]
+            counts = {k: params[k] for k in ("online_params", "target_params") if k in params}
+            self.tracker.log_params(run_id, counts)
 
-    def _train(
-        self, cfg: TrainConfig, logger: MlflowLogger, reporter: _Reporter, number: int
-    ) -> Any:
-        """One training run; a failure ends its MLflow run FAILED (KILLED on Ctrl-C).
+    def _lockstep(self, trial: optuna.Trial, slots: list[RunSlot], run_id: str) -> list[float]:
+        """Advance every run to each evaluation in turn; report the mean over runs."""
+        spec = self.s.spec
+        for k, slot in enumerate(slots):
+            self._start(slot, run_id, first=k == 0)
+        for index, step in enumerate(eval_steps(slots[0].cfg)):
+            value = float(np.mean([slot.advance(step) for slot in slots]))
+            trial.report(value, index)
+            # Optuna's step is the evaluation index; the name says so (curves use agent steps).
+            metric = Metric("optuna/intermediate_value_by_evaluation", value, now_ms(), index)
+            self.tracker.log_metrics(run_id, [metric])
+            if trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"pruned by {spec.pruner} at evaluation {index + 1} (agent step {step}): "
+                    f"mean score {value:.4g} over {len(slots)} runs"
+                )
+        return [slot.finish(spec.last_evals) for slot in slots]
 
-        With checkpoints on, the run writes them under RESULTS/checkpoints/STUDY/tNNNN/ so a
-        killed run can be resumed by `train(..., resume=True)`; they are removed once the run
-        has ended either way.
-        """
-        out = None
-        if cfg.checkpoint_every:
-            name = f"{cfg.env.id.replace('/', '_')}_s{cfg.seed}"
-            out = Path(self.s.results, "checkpoints", self.s.study_name, f"t{number:04d}", name)
-        try:
-            return self.train_fn(
-                cfg, logger=logger, on_eval=reporter, out=out, progress=self.s.progress
-            )
-        except BaseException as err:
-            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-            logger.end(status, f"{type(err).__name__}: {err}")
-            raise
-        finally:
-            if out is not None:
-                shutil.rmtree(out, ignore_errors=True)
+    def _one_by_one(self, trial: optuna.Trial, slots: list[RunSlot], run_id: str) -> list[float]:
+        """Train the runs one after another; report each finished run's score (Wilcoxon)."""
+        scores = []
+        for k, slot in enumerate(slots):
+            self._start(slot, run_id, first=k == 0)
+            for step in eval_steps(slot.cfg):
+                slot.advance(step)
+            score = slot.finish(self.s.spec.last_evals)
+            scores.append(score)
+            trial.report(score, k)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned by wilcoxon after run {k + 1}/{len(slots)}")
+        return scores
 
-    def _log_curve(self, run_id: str, curves: list[tuple[list[int], list[float]]]) -> None:
-        """The trial's learning curve: the objective's score per evaluation, mean over runs."""
-        steps = curves[0][0]
-        aligned = [c[1] for c in curves if c[0] == steps]
-        mean = np.mean(aligned, axis=0)
+    def _log_curve(self, run_id: str, slots: list[RunSlot]) -> None:
+        """The trial's learning curve: the objective's score per evaluation, mean over runs,
+        as a metric by agent step and as a figure with each run's curve (`curve.png`)."""
+        from hetero_lr.study.summary import plt, trial_curve
+
+        mean = np.mean([slot.scores for slot in slots], axis=0)
         now = now_ms()
-        self.tracker.log_metrics(
-            run_id,
-            [
-                Metric("eval/score_mean", float(v), now, int(s))
-                for s, v in zip(steps, mean, strict=True)
-            ],
-        )
+        metrics = [
+            Metric("eval/score_mean", float(v), now, int(step))
+            for step, v in zip(slots[0].steps, mean, strict=True)
+        ]
+        self.tracker.log_metrics(run_id, metrics)
+        runs = {slot.name: (slot.steps, slot.scores) for slot in slots}
+        figure = trial_curve(runs, title=self.description.split(":")[0], ylabel=slots[0].note)
+        self.tracker.log_figure(run_id, figure, "curve.png")
+        plt.close(figure)
 
     def _end(
         self,
@@ -274,16 +241,15 @@ class Objective:
         *,
         status: str | None = None,
     ) -> None:
-        """Record how the trial ends: its reason in Optuna, state and status in MLflow."""
-        if reason:
+        """Record how the trial ends: its reason in Optuna, state, status and description in
+        MLflow."""
+        if reason and state != "COMPLETE":
             trial.set_user_attr("end_reason", reason)
         self.tracker.set_tags(run_id, {"optuna.trial_state": state})
-        self.tracker.end_run(run_id, status or _STATUS[state], reason)  # type: ignore[arg-type]
+        self.tracker.describe(run_id, f"{self.description} {state}: {reason}")
+        end_reason = None if state == "COMPLETE" else reason
+        self.tracker.end_run(run_id, status or _STATUS[state], end_reason)  # type: ignore[arg-type]
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _param_counts(result: Any) -> dict[str, int]:
-    return {"online_params": result.online_params, "target_params": result.target_params}

@@ -30,10 +30,17 @@ class EnvInfo:
     n_actions: int
     steps_per_sec: float
     """Environment steps per second of one lane under random actions (measured)."""
+    frame_stack: int = 1
+    """Frames stacked in one observation (stored once each by the replay memory)."""
+    random_score: float | None = None
+    """Mean raw return of whole games under random actions (measured; None if none ended)."""
 
 
-def probe_envs(spec: StudySpec) -> list[EnvInfo]:
-    """Build each environment once: observation shape, action count, steps per second.
+def probe_envs(spec: StudySpec, *, max_steps: int = 3_000, games: int = 5) -> list[EnvInfo]:
+    """Build each environment once: shapes, action count, speed, a random policy's score.
+
+    Random actions for up to `max_steps` steps or `games` whole games, whichever ends first
+    (at least 200 steps, for the speed).
 
     Raises:
         ValueError: an unsupported environment id.
@@ -45,12 +52,27 @@ def probe_envs(spec: StudySpec) -> list[EnvInfo]:
     for env_id in spec.env_ids:
         env = make_env(replace(spec.base.env, id=env_id), seed=0, num_envs=1)
         env.reset()
-        start, n = time.perf_counter(), 200
-        for _ in range(n):
-            env.step(rng.integers(env.n_actions, size=1))
+        scores: list[float] = []
+        start, n = time.perf_counter(), 0
+        while n < max_steps and (n < 200 or len(scores) < games):
+            scores += [
+                score
+                for _, score, _ in env.step(rng.integers(env.n_actions, size=1)).episode_returns
+            ]
+            n += 1
         rate = n / (time.perf_counter() - start)
         env.close()
-        infos.append(EnvInfo(env_id, tuple(env.obs_shape), str(env.obs_dtype), env.n_actions, rate))
+        infos.append(
+            EnvInfo(
+                env_id,
+                tuple(env.obs_shape),
+                str(env.obs_dtype),
+                env.n_actions,
+                rate,
+                env.frame_stack,
+                float(np.mean(scores)) if scores else None,
+            )
+        )
     return infos
 
 
@@ -194,3 +216,64 @@ def run_device(name: str) -> Any:
     from hetero_lr.build import resolve_device
 
     return resolve_device(name)
+
+
+def replay_bytes(cfg: TrainConfig, env: EnvInfo) -> int:
+    """Bytes of one run's replay memory at full capacity.
+
+    Read off a memory built with the run's arguments: NumPy's zero-filled arrays are mapped
+    lazily, so building it commits no memory.
+    """
+    from hetero_lr.replay import ReplayMemory
+
+    memory = ReplayMemory(
+        capacity=cfg.agent.buffer_size,
+        num_lanes=cfg.env.num_envs,
+        obs_shape=env.obs_shape,
+        obs_dtype=np.dtype(env.obs_dtype),
+        frame_stack=env.frame_stack,
+        n_step=cfg.agent.n_step,
+        prioritized=cfg.agent.prioritized,
+    )
+    return memory.nbytes
+
+
+def trial_memory(spec: StudySpec, envs: Sequence[EnvInfo]) -> int:
+    """Bytes of replay a trial holds at once: all its runs in lockstep, one under Wilcoxon."""
+    per_env = {env.env_id: replay_bytes(spec.base, env) for env in envs}
+    if spec.pruner == "wilcoxon":
+        return max(per_env.values())
+    return spec.seeds * sum(per_env.values())
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (Linux `MemAvailable`), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(
+    spec: StudySpec, envs: Sequence[EnvInfo], *, workers: int, available: int | None
+) -> int:
+    """The replay memory the study's workers hold at once; refuse what cannot fit.
+
+    Raises:
+        ValueError: one line naming the sizes and what to lower (`--seeds`,
+            `agent.buffer_size`, `--workers`).
+    """
+    need = workers * trial_memory(spec, envs)
+    if available is not None and need > available:
+        runs = "1 run at a time" if spec.pruner == "wilcoxon" else f"{spec.seeds} seeds"
+        raise ValueError(
+            f"a trial holds its runs' replay memories at once ({runs} x {len(envs)} "
+            f"environment(s), agent.buffer_size={spec.base.agent.buffer_size:,}, "
+            f"{workers} worker(s): {need / 1e9:.1f} GB) but {available / 1e9:.1f} GB is "
+            "available; lower --seeds or agent.buffer_size (or --workers)"
+        )
+    return need

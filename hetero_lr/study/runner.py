@@ -5,27 +5,26 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import subprocess
 import time
-from pathlib import Path
 
 import optuna
 
 from hetero_lr.study._console import duration, say, worker_prefix
-from hetero_lr.study.objective import Objective, TrainFn
+from hetero_lr.study.objective import Objective
+from hetero_lr.study.runs import RunFactory, training_run
 from hetero_lr.study.settings import StudySettings, check_fingerprint, flat_params
 from hetero_lr.study.spec import StudySpec
 from hetero_lr.study.storage import make_pruner, make_sampler, open_storage
-from hetero_lr.tracking import Tracker
+from hetero_lr.tracking import Tracker, git_commit, trials_link
 
 
-def run_study(settings: StudySettings, *, train_fn: TrainFn | None = None) -> int:
+def run_study(settings: StudySettings, *, run_factory: RunFactory | None = None) -> int:
     """Create or resume the study, run its trials in `settings.workers` processes, report.
 
     Returns:
         0 when every worker finished, 1 when a worker crashed, 130 on Ctrl-C.
     """
-    train_fn = train_fn or _default_train()
+    run_factory = run_factory or training_run
     spec = settings.spec
     storage = open_storage(settings.storage)
     # Load first: `create_study(load_if_exists=True)` appends to the journal even when the
@@ -48,6 +47,8 @@ def run_study(settings: StudySettings, *, train_fn: TrainFn | None = None) -> in
     experiment_id = tracker.experiment(settings.study_name)
     study_run_id = tracker.study_run(experiment_id, settings.study_name)
     _record_provenance(study, tracker, study_run_id, settings)
+    link = trials_link(settings.tracking_uri, experiment_id)
+    say(f"trials in mlflow ui: {link}")
     added = _enqueue_baselines(study, spec)
     n_trials = _trial_budget(study, spec) + added
     shares = [
@@ -58,7 +59,7 @@ def run_study(settings: StudySettings, *, train_fn: TrainFn | None = None) -> in
     procs = [
         ctx.Process(
             target=_worker,
-            args=(settings, i, shares[i], train_fn, experiment_id, study_run_id),
+            args=(settings, i, shares[i], run_factory, experiment_id, study_run_id),
             name=f"hetero-lr-worker-{i}",
         )
         for i in range(1, settings.workers)
@@ -67,7 +68,7 @@ def run_study(settings: StudySettings, *, train_fn: TrainFn | None = None) -> in
         proc.start()
     status, reason, code = "FINISHED", None, 0
     try:
-        _optimize(study, settings, 0, shares[0], train_fn, tracker, experiment_id, study_run_id)
+        _optimize(study, settings, 0, shares[0], run_factory, tracker, experiment_id, study_run_id)
     except KeyboardInterrupt:
         status, reason, code = "KILLED", "interrupted (Ctrl-C)", 130
     except Exception as err:  # an error no trial could absorb: end the study run, then raise
@@ -79,23 +80,32 @@ def run_study(settings: StudySettings, *, train_fn: TrainFn | None = None) -> in
     crashed = [p.name for p in procs if p.exitcode not in (0, None)]
     if crashed and code == 0:
         status, reason, code = "FAILED", f"worker(s) {', '.join(crashed)} exited abnormally", 1
+    if code == 0 and spec.confirm:
+        from hetero_lr.study.confirm import run_confirmation
+
+        try:
+            run_confirmation(
+                study,
+                settings,
+                tracker=tracker,
+                experiment_id=experiment_id,
+                study_run_id=study_run_id,
+                run_factory=run_factory,
+            )
+        except KeyboardInterrupt:
+            status, reason, code = "KILLED", "interrupted (Ctrl-C) during confirmation", 130
     from hetero_lr.study.summary import finish_study  # imports matplotlib: only at the end
 
     finish_study(study, tracker, study_run_id, status, reason)
+    say(f"trials in mlflow ui: {link}")
     return code
-
-
-def _default_train() -> TrainFn:
-    from hetero_lr.train import train
-
-    return train
 
 
 def _worker(
     settings: StudySettings,
     worker: int,
     n_trials: int,
-    train_fn: TrainFn,
+    run_factory: RunFactory,
     experiment_id: str,
     study_run_id: str,
 ) -> None:
@@ -107,7 +117,7 @@ def _worker(
         pruner=make_pruner(settings.spec),
     )
     study.sampler = make_sampler(settings.spec, worker=worker, n_existing=len(study.trials))
-    _optimize(study, settings, worker, n_trials, train_fn, tracker, experiment_id, study_run_id)
+    _optimize(study, settings, worker, n_trials, run_factory, tracker, experiment_id, study_run_id)
 
 
 def _optimize(
@@ -115,7 +125,7 @@ def _optimize(
     settings: StudySettings,
     worker: int,
     n_trials: int,
-    train_fn: TrainFn,
+    run_factory: RunFactory,
     tracker: Tracker,
     experiment_id: str,
     study_run_id: str,
@@ -131,7 +141,7 @@ def _optimize(
         tracker=tracker,
         experiment_id=experiment_id,
         study_run_id=study_run_id,
-        train_fn=train_fn,
+        run_factory=run_factory,
         worker=worker,
     )
     if n_trials:
@@ -175,11 +185,13 @@ def _record_provenance(
 ) -> None:
     from hetero_lr import __version__
 
-    sha = _git_sha()
+    sha = git_commit() or "unknown"
     study.set_user_attr("run_seeds", list(settings.run_seeds))
     study.set_user_attr("command", settings.command)
     study.set_user_attr("git_sha", sha)
     study.set_user_attr("mlflow_study_run_id", run_id)
+    study.set_user_attr("description", settings.spec.description or settings.spec.name)
+    tracker.describe(run_id, f"{settings.spec.description or settings.spec.name} Running.")
     tracker.log_params(run_id, flat_params(settings.fingerprint))
     tracker.set_tags(
         run_id,
@@ -194,20 +206,6 @@ def _record_provenance(
         },
     )
     tracker.log_dict(run_id, settings.spec.to_dict(), "study.yaml")
-
-
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def _enqueue_baselines(study: optuna.Study, spec: StudySpec) -> int:

@@ -54,6 +54,7 @@ class StudySettings:
             "pruning",
             "baselines",
             "config",
+            "confirm",
         ):
             data.pop(key)
         return {**data, "config": cfg, "run_seeds": list(self.run_seeds)}

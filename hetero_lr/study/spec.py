@@ -230,6 +230,9 @@ class StudySpec:
     pruning: Pruning = field(default_factory=Pruning)
     last_evals: int = 3
     """Objective: mean of the last `last_evals` evaluations of a run."""
+    confirm: int = 0
+    """Fresh seeds on which each pairing's best trial and each baseline run again after the
+    search (`hetero_lr.study.confirm`); 0 skips confirmation."""
 
     @property
     def base(self) -> TrainConfig:
@@ -289,12 +292,13 @@ class StudySpec:
             "pruner": self.pruner,
             "pruning": vars(self.pruning).copy(),
             "objective": {"last_evals": self.last_evals},
+            "confirm": self.confirm,
         }
 
 
 _KEYS = {
     "name", "description", "preset", "config", "envs", "pairings", "baselines", "space",
-    "seeds", "seed", "trials", "sampler", "pruner", "pruning", "objective",
+    "seeds", "seed", "trials", "sampler", "pruner", "pruning", "objective", "confirm",
 }  # fmt: skip
 
 
@@ -368,6 +372,7 @@ def parse_study(data: Mapping[str, Any]) -> StudySpec:
         pruner=_choice(data.get("pruner", "median"), "pruner", PRUNERS),
         pruning=pruning,
         last_evals=_int(objective.get("last_evals", 3), "objective.last_evals", 1),
+        confirm=_int(data.get("confirm", 0), "confirm", 0),
     )
     check_spec(spec)
     return spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,11 @@ def make_sampler(spec: StudySpec, *, worker: int, n_existing: int) -> optuna.sam
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # `group=True`: baseline trials sample nothing, and pairings may get conditional
-    # dimensions; grouped multivariate TPE models each set of co-occurring parameters.
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    # dimensions; grouped multivariate TPE models each set of co-occurring parameters. Both
+    # options are marked experimental, which every worker process would print.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

@@ -21,6 +21,7 @@ import optuna
 from mlflow.entities import Metric
 from optuna.visualization import matplotlib as ovm
 
+from hetero_lr.stats import difference_ci, iqm, overlapping, stratified_bootstrap_ci
 from hetero_lr.study._console import now_ms, say
 
 if TYPE_CHECKING:
@@ -32,47 +33,217 @@ if TYPE_CHECKING:
 def finish_study(
     study: optuna.Study, tracker: Tracker, run_id: str, status: str, reason: str | None
 ) -> None:
-    """Figures, best trial and trial table to the study run; end it; print a summary line."""
+    """Figures, the search's winner (or tie), the confirmed results and the trial table to the
+    study run; end it; print a summary."""
     skipped = log_study_figures(study, tracker, run_id)
     tags: dict[str, Any] = {"figures.skipped": "; ".join(skipped) or "none"}
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    lines = []
+    description = [study.user_attrs.get("description", "")]
     if complete:
-        best = study.best_trial
+        best, tied = search_winner(complete)
+        mark_best(tracker, best, tied)
+        description.append(f"Search: {_winner_line(best, tied)}. {_link(best, 'best trial')}")
         tags.update(
             {
                 "best.trial": best.number,
                 "best.value": best.value,
                 "best.pairing": best.user_attrs.get("pairing", ""),
+                "best.tie": ", ".join(str(t.number) for t in tied) if len(tied) > 1 else "no",
             }
         )
         tags.update({f"best.{k}": v for k, v in best.params.items()})
-        tracker.log_dict(
-            run_id,
-            {
-                "number": best.number,
-                "value": best.value,
-                "params": best.params,
-                "pairing": best.user_attrs.get("pairing"),
-                "config": best.user_attrs.get("config"),
-                "run_scores": best.user_attrs.get("run_scores"),
-                "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
-            },
-            "best_trial.json",
+        tracker.log_dict(run_id, _trial_record(best, tied), "best_trial.json")
+        tracker.log_metrics(run_id, [Metric("objective", best.value, now_ms(), 0)])
+        lines.append(_winner_line(best, tied))
+    confirmed = confirmation_table(study.user_attrs.get("confirmation", {}))
+    if confirmed:
+        tracker.log_text(run_id, _csv(confirmed), "confirmation.csv")
+        lines += [_table_line(row) for row in confirmed]
+        winner, tied_arms = confirmed_winner(confirmed)
+        tags["confirm.best"] = winner if len(tied_arms) == 1 else "tie: " + ", ".join(tied_arms)
+        lines.append(
+            f"confirmed best: {winner}"
+            if len(tied_arms) == 1
+            else f"confirmed: no winner, {', '.join(tied_arms)} tied (95% CIs of the IQM overlap)"
         )
-        tracker.log_metrics(run_id, [Metric("best_value", best.value, now_ms(), len(complete))])
+        description += ["Confirmation (fresh seeds):", *(f"- {_table_line(r)}" for r in confirmed)]
     tracker.log_text(run_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
+    tracker.log_table(run_id, results_table(study), "results.json")
+    tracker.describe(run_id, "\n\n".join(line for line in description if line))
     tracker.set_tags(run_id, tags)
     tracker.end_run(run_id, status, reason)  # type: ignore[arg-type]
     counts = {s.name: 0 for s in optuna.trial.TrialState}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] += 1
     summary = ", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c)
-    best_text = (
-        f"best {tags['best.value']:.4g} (trial {tags['best.trial']}, {tags['best.pairing']})"
-        if "best.trial" in tags
-        else "no complete trial"
+    say(f"study {study.study_name!r}: {summary}")
+    for line in lines or ["no complete trial"]:
+        say(f"  {line}")
+
+
+def mark_best(
+    tracker: Tracker, best: optuna.trial.FrozenTrial, tied: list[optuna.trial.FrozenTrial]
+) -> None:
+    """Tag the winning trial's MLflow run `best=yes`, or every tied one `best=tie`."""
+    for trial in tied:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracker.set_tags(run_id, {"best": "yes" if len(tied) == 1 else "tie"})
+
+
+def results_table(study: optuna.Study) -> dict[str, list]:
+    """One row per trial: number, state, pairing, parameters, objective, MLflow run id."""
+    trials = study.get_trials(deepcopy=False)
+    params = sorted({k for t in trials for k in t.params if k != "pair"})
+    columns: dict[str, list] = {"trial": [], "state": [], "pairing": []}
+    columns |= {p: [] for p in params} | {"objective": [], "runs": [], "mlflow_run_id": []}
+    for t in trials:
+        columns["trial"].append(t.number)
+        columns["state"].append(t.state.name)
+        columns["pairing"].append(t.user_attrs.get("pairing", ""))
+        for p in params:
+            columns[p].append(t.params.get(p))
+        columns["objective"].append(t.value)
+        columns["runs"].append(len(t.user_attrs.get("run_scores") or []))
+        columns["mlflow_run_id"].append(t.user_attrs.get("mlflow_run_id", ""))
+    return columns
+
+
+def _link(trial: optuna.trial.FrozenTrial, text: str) -> str:
+    """A Markdown link to a trial's MLflow run, as the UI's run descriptions render it."""
+    run_id, experiment = trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("experiment")
+    if not run_id or not experiment:
+        return ""
+    return f"[{text}: trial {trial.number}](#/experiments/{experiment}/runs/{run_id})"
+
+
+def search_winner(
+    complete: list[optuna.trial.FrozenTrial], *, confidence: float = 0.95
+) -> tuple[optuna.trial.FrozenTrial, list[optuna.trial.FrozenTrial]]:
+    """The trial with the highest objective, and every trial tied with it.
+
+    Tied: the percentile-bootstrap interval of a trial's mean over its runs (resampled within
+    each environment) overlaps the best trial's. A trial without per-run scores gets a
+    zero-width interval at its value, so equal values tie.
+    """
+    best = max(complete, key=lambda t: t.value)
+    intervals = [_mean_interval(t, confidence) for t in complete]
+    tied = [complete[i] for i in overlapping(intervals, complete.index(best))]
+    return best, sorted(tied, key=lambda t: -t.value)
+
+
+def _mean_interval(trial: optuna.trial.FrozenTrial, confidence: float) -> tuple[float, float]:
+    scores = trial.user_attrs.get("run_scores") or [trial.value]
+    n_envs = max(1, len(trial.user_attrs.get("envs") or [None]))
+    tasks = np.array_split(np.asarray(scores, dtype=float), n_envs)  # runs are env-major
+    _, low, high = stratified_bootstrap_ci(tasks, np.mean, reps=5_000, confidence=confidence)
+    return low, high
+
+
+def confirmation_table(records: dict[str, Any], *, confidence: float = 0.95) -> list[dict]:
+    """Per confirmed arm: IQM of its confirmation runs with a stratified-bootstrap interval,
+    its search ("selection") score, and the IQM difference to its online family's HardCopy
+    baseline with an interval (rliable's conventions, `hetero_lr.stats`)."""
+    rows = []
+    for label, record in sorted(records.items()):
+        tasks = [s for s in record["scores"].values() if s]
+        if not tasks:
+            continue
+        estimate, low, high = stratified_bootstrap_ci(tasks, iqm, confidence=confidence)
+        row = {
+            "arm": label,
+            "trial": record["trial"],
+            "selection": record["selection"],
+            "runs": sum(map(len, tasks)),
+            "failed": len(record["failed"]),
+            "iqm": estimate,
+            "ci_low": low,
+            "ci_high": high,
+        }
+        online = label.split(":")[0]
+        baseline = records.get(f"{online}:{online}@hardcopy")
+        base_tasks = [s for s in baseline["scores"].values() if s] if baseline else []
+        if base_tasks and "@" not in label:
+            diff, d_low, d_high = difference_ci(tasks, base_tasks, iqm, confidence=confidence)
+            row |= {"baseline": f"{online}:{online}@hardcopy", "diff": diff}
+            row |= {"diff_low": d_low, "diff_high": d_high}
+        rows.append(row)
+    return rows
+
+
+def confirmed_winner(rows: list[dict]) -> tuple[str, list[str]]:
+    """The confirmed arm with the highest IQM, and every arm whose interval overlaps its own."""
+    best = max(range(len(rows)), key=lambda i: rows[i]["iqm"])
+    tied = overlapping([(r["ci_low"], r["ci_high"]) for r in rows], best)
+    return rows[best]["arm"], [rows[i]["arm"] for i in tied]
+
+
+def _winner_line(best: optuna.trial.FrozenTrial, tied: list[optuna.trial.FrozenTrial]) -> str:
+    pairing = best.user_attrs.get("pairing", "")
+    if len(best.user_attrs.get("run_scores") or []) < 2:
+        return (
+            f"search best: trial {best.number} ({pairing}) {best.value:.4g}, from one run per "
+            "trial: no interval, so no claim it beats the others (use --seeds 2 or more)"
+        )
+    if len(tied) == 1:
+        return f"search best: trial {best.number} ({pairing}) {best.value:.4g}"
+    return (
+        f"search: no winner, trials {', '.join(str(t.number) for t in tied)} tied "
+        f"(95% CIs of their mean over runs overlap; highest: trial {best.number}, {pairing}, "
+        f"{best.value:.4g})"
     )
-    say(f"study {study.study_name!r}: {summary}; {best_text}")
+
+
+def _table_line(row: dict) -> str:
+    text = (
+        f"confirmed {row['arm']}: IQM {row['iqm']:.4g} [{row['ci_low']:.4g}, "
+        f"{row['ci_high']:.4g}] over {row['runs']} runs (selection {row['selection']:.4g})"
+    )
+    if "diff" in row:
+        text += (
+            f"; vs {row['baseline']} {row['diff']:+.4g} [{row['diff_low']:+.4g}, "
+            f"{row['diff_high']:+.4g}]"
+        )
+    return text
+
+
+def _trial_record(best: optuna.trial.FrozenTrial, tied: list) -> dict[str, Any]:
+    return {
+        "number": best.number,
+        "value": best.value,
+        "params": best.params,
+        "pairing": best.user_attrs.get("pairing"),
+        "config": best.user_attrs.get("config"),
+        "run_scores": best.user_attrs.get("run_scores"),
+        "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+        "tied_with": [t.number for t in tied if t.number != best.number],
+    }
+
+
+def _csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [",".join(columns)]
+    lines += [",".join(str(row.get(c, "")) for c in columns) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def trial_curve(
+    runs: dict[str, tuple[list[int], list[float]]], *, title: str, ylabel: str
+) -> Figure:
+    """Each run's evaluation scores by agent step, and their mean (a trial's `curve.png`)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, (steps, scores) in runs.items():
+        ax.plot(steps, scores, alpha=0.45, linewidth=1, label=name)
+    steps = next(iter(runs.values()))[0]
+    mean = np.mean([scores for _, scores in runs.values()], axis=0)
+    ax.plot(steps, mean, color="black", linewidth=2, label="mean")
+    ax.set_xlabel("agent step")
+    ax.set_ylabel(ylabel.split(" (")[0])
+    ax.set_title(title, fontsize="medium")
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
 
 
 def objective_by_pairing(study: optuna.Study) -> Figure:
@@ -121,7 +292,11 @@ def study_figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
 def log_study_figures(study: optuna.Study, tracker: Tracker, run_id: str) -> list[str]:
     """Draw every figure into the run's artifacts; returns `path: reason` for skipped ones."""
     skipped = []
+    constant = _constant_data(study)
     for path, draw in study_figures(study).items():
+        if path in constant:
+            skipped.append(f"{path}: {constant[path]}")
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning, empty-plot notes
             try:
@@ -132,6 +307,25 @@ def log_study_figures(study: optuna.Study, tracker: Tracker, run_id: str) -> lis
         tracker.log_figure(run_id, fig, path)
         plt.close(fig)
     return skipped
+
+
+def _constant_data(study: optuna.Study) -> dict[str, str]:
+    """Figures whose data would be constant -> the reason (they would plot rounding noise)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    values = {t.value for t in complete}
+    skip = {}
+    if len(complete) > 1 and len(values) == 1:
+        reason = (
+            f"objective constant ({len(complete)} complete trials all scored {values.pop():.4g})"
+        )
+        for name in ("param_importances", "optimization_history", "kr_kl_contour"):
+            skip[f"figures/{name}.png"] = reason
+    reported = {v for t in study.get_trials(deepcopy=False) for v in t.intermediate_values.values()}
+    if len(reported) == 1:
+        skip["figures/intermediate_values.png"] = (
+            f"every intermediate value is {reported.pop():.4g}"
+        )
+    return skip
 
 
 def _figure_of(drawn: Any) -> Figure:
