@@ -207,6 +207,9 @@ class TrainConfig:
     """Episodes per evaluation."""
     eval_max_steps: Annotated[int, Ge(1)] = 27_000
     """Cap on agent steps per evaluation episode (108,000 frames / 4)."""
+    eval_videos: Annotated[int, Ge(0)] = 0
+    """Evaluation episodes per evaluation saved as MP4 files (`videos/` of the run; what the
+    agent sees, image observations only; needs the `video` extra); 0: none."""
     log_every: Annotated[int, Ge(1)] = 1_000
     """Agent steps between rows of averaged training metrics."""
     checkpoint_every: Annotated[int, Ge(0)] = 50_000

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,9 @@ class Logger(Protocol):
     def rewind(self, step: int) -> None:
         """Forget metrics logged after `step`: a run resumed from there logs them again."""
 
+    def log_file(self, path: Path, folder: str) -> None:
+        """Keep a file (e.g. an evaluation video) with the run, under `folder`."""
+
     def close(self) -> None:
         """Flush and release resources."""
 
@@ -38,6 +42,9 @@ class NullLogger:
         pass
 
     def rewind(self, step: int) -> None:
+        pass
+
+    def log_file(self, path: Path, folder: str) -> None:
         pass
 
     def close(self) -> None:
@@ -79,6 +86,10 @@ class CSVLogger:
         self._open().writerows([step, k, v] for k, v in metrics.items())
         self._file.flush()
 
+    def log_file(self, path: Path, folder: str) -> None:
+        (self.folder / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, self.folder / folder / Path(path).name)
+
     def rewind(self, step: int) -> None:
         self.close()
         if not self.path.exists():
@@ -115,6 +126,9 @@ class ConsoleLogger:
     def rewind(self, step: int) -> None:
         pass
 
+    def log_file(self, path: Path, folder: str) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -136,6 +150,10 @@ class MultiLogger:
     def rewind(self, step: int) -> None:
         for logger in self.loggers:
             logger.rewind(step)
+
+    def log_file(self, path: Path, folder: str) -> None:
+        for logger in self.loggers:
+            logger.log_file(path, folder)
 
     def close(self) -> None:
         for logger in self.loggers:

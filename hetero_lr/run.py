@@ -15,6 +15,7 @@ episodes as truncated) with lanes seeded afresh from the run seed and the step.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import deque
 from contextlib import AbstractContextManager, nullcontext
@@ -321,6 +322,7 @@ class TrainingRun:
         def act(obs: np.ndarray) -> np.ndarray:
             return self.pair.act_values(self._to_device(obs)).argmax(dim=1).cpu().numpy()
 
+        videos: list[list[np.ndarray]] = []
         returns = evaluate(
             act,
             cfg.env,
@@ -328,7 +330,10 @@ class TrainingRun:
             seed=seeding.int_seed(cfg.seed, "evaluation", self.step),
             epsilon=cfg.agent.eval_epsilon,
             max_steps=cfg.eval_max_steps,
+            record=cfg.eval_videos,
+            videos=videos,
         )
+        self._save_videos(videos)
         mean = float(np.mean(returns))
         self.eval_steps.append(self.step)
         self.eval_returns.append(mean)
@@ -336,6 +341,17 @@ class TrainingRun:
             {"eval/return_mean": mean, "eval/return_std": float(np.std(returns))}, self.step
         )
         return mean
+
+    def _save_videos(self, videos: list[list[np.ndarray]]) -> None:
+        """Hand each recorded episode to the logger as `videos/step<N>_episode<K>.mp4`."""
+        if not videos:
+            return
+        from hetero_lr.video import write_mp4
+
+        with tempfile.TemporaryDirectory() as folder:
+            for k, frames in enumerate(videos):
+                path = write_mp4(frames, Path(folder) / f"step{self.step:09d}_episode{k}.mp4")
+                self.logger.log_file(path, "videos")
 
     # ---- checkpoints ----
 

@@ -258,6 +258,10 @@ class Tracker:
         """Save a table (dict of columns or DataFrame) as a JSON artifact the UI shows."""
         retry(self.client.log_table, run_id, data, artifact_file)
 
+    def rename(self, run_id: str, name: str) -> None:
+        """Rename a run (e.g. to show its result in the UI's always-visible name column)."""
+        retry(self.client.update_run, run_id, name=name)
+
     def describe(self, run_id: str, text: str) -> None:
         """Set the run's description (Markdown in `mlflow ui`)."""
         self.set_tags(run_id, {DESCRIPTION: text})
@@ -307,6 +311,10 @@ class MlflowLogger:
 
     def rewind(self, step: int) -> None:
         """MLflow keeps metric history: a resumed run's repeated steps appear twice."""
+
+    def log_file(self, path: Path, folder: str) -> None:
+        """Upload a file as an artifact of the run, under `folder`."""
+        retry(self.tracker.client.log_artifact, self.run_id, str(path), folder)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer scalar metrics at an agent step; None values are skipped."""

@@ -127,6 +127,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     ):
         if getattr(args, name) is not None:
             flags[name] = getattr(args, name)
+    if args.record_video is not None:
+        flags["eval_videos"] = args.record_video
     if args.env is not None:
         flags["env"]["id"] = args.env
     if args.num_envs is not None:
@@ -164,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bf16", action="store_true", default=None, help="bf16 autocast for forward passes (CUDA)"
+    )
+    parser.add_argument(
+        "--record-video",
+        metavar="N",
+        help="save N evaluation episodes per evaluation as MP4 (sets eval_videos)",
     )
     parser.add_argument("--config", help="YAML file of TrainConfig overrides")
     parser.add_argument(

@@ -243,3 +243,26 @@ def test_replicate_batches_under_prioritized_replay(sampling):
         assert hot_share > 0.9
         weights = torch.cat([b[2] for b in batches])
         assert weights.max() == 1 and weights.min() < 0.1  # the hot draws weigh much less
+
+
+def test_evaluation_videos_show_what_the_agent_sees(tmp_path):
+    """`eval_videos=N`: N evaluation episodes per evaluation become MP4 files of the run."""
+    import imageio.v2 as imageio
+
+    from hetero_lr.loggers import CSVLogger
+
+    cfg = config("minatar_polyak", eval_videos=2, eval_episodes=3, eval_max_steps=60)
+    logger = CSVLogger(tmp_path)
+    with TrainingRun(cfg, logger=logger) as run:
+        run.run_until(200)
+        run.evaluate()
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == ["step000000200_episode0.mp4", "step000000200_episode1.mp4"]
+    frames = imageio.mimread(videos[0])
+    assert len(frames) > 2 and frames[0].shape[2] == 3 and frames[0].shape[0] >= 160
+    assert len({f.tobytes() for f in frames}) > 1  # the game moves
+
+    with TrainingRun(config(eval_videos=2)) as run:  # CartPole: vectors, nothing to film
+        run.logger = CSVLogger(tmp_path / "cartpole")
+        run.evaluate()
+    assert not (tmp_path / "cartpole" / "videos").exists()

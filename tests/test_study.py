@@ -323,12 +323,16 @@ def test_a_study_that_cannot_fit_in_memory_is_refused(tmp_path, monkeypatch, cap
 def test_quickstart_study_completes_at_a_reduced_size(tmp_path, results, capsys):
     """The README's main job, shortened: its study file, real MinAtar runs, two seeds."""
     argv = ["--study", str(REPO / "studies" / "quickstart.yaml"), "--results", str(results)]
-    assert main([*argv, "--steps", "1500", "--trials", "1"]) == 0
+    assert main([*argv, "--steps", "1500", "--trials", "1", "--record-video", "1"]) == 0
     out = capsys.readouterr().out
     assert "MinAtar/Breakout-v1: raw return" in out and "a random policy scores" in out
     study = load(results, "minatar:mlp__quickstart")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert all(len(t.user_attrs["run_scores"]) == 2 for t in study.trials)
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    for run in mlflow_runs(results, "minatar:mlp__quickstart")["seed"]:  # one evaluation each
+        videos = client.list_artifacts(run.info.run_id, "videos")
+        assert [v.path for v in videos] == ["videos/step000001500_episode0.mp4"]
 
 
 def test_mlflow_view_of_a_study(tmp_path, results):
@@ -349,7 +353,8 @@ def test_mlflow_view_of_a_study(tmp_path, results):
     for trial in study.trials:
         (run,) = [r for r in runs["trial"] if r.info.run_id == trial.user_attrs["mlflow_run_id"]]
         shown = "".join(f" kl={v}" for k, v in trial.params.items() if k == "kl")
-        assert run.info.run_name == f"t{trial.number:04d} {trial.user_attrs['pairing']}{shown}"
+        name = f"t{trial.number:04d} [{trial.value:.3g}] {trial.user_attrs['pairing']}{shown}"
+        assert run.info.run_name == name
         assert run.data.tags["mlflow.note.content"].endswith(
             f"COMPLETE: objective {trial.value:.4g}"
         )
@@ -372,8 +377,10 @@ def test_mlflow_view_of_a_study(tmp_path, results):
         assert f"/runs/{winner.info.run_id})" in study_run.data.tags["mlflow.note.content"]
     else:
         assert {r.data.tags["best"] for r in marked} == {"tie"} and len(marked) > 1
-    seed_names = {r.info.run_name for r in runs["seed"]}
-    assert seed_names == {f"s{k} seed={s}" for k, s in enumerate(run_seeds(0, 2))}
+    for run in runs["seed"]:
+        k = run_seeds(0, 2).index(int(run.data.tags["seed"]))
+        score = run.data.metrics["objective"]
+        assert run.info.run_name == f"s{k} [{score:.3g}] seed={run.data.tags['seed']}"
     assert "results.json" in {a.path for a in client.list_artifacts(study_run.info.run_id)}
 
 

@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruner", metavar="|".join(PRUNERS), help="default: the study's")
     p.add_argument("--device", metavar="DEV", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
+        "--record-video",
+        metavar="N",
+        help="save N evaluation episodes per evaluation as MP4 artifacts of each seed run",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -132,6 +137,8 @@ def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings
         config["steps"] = args.steps
     if args.device is not None:
         config["device"] = args.device
+    if args.record_video is not None:
+        config["eval_videos"] = args.record_video
     spec = with_overrides(
         spec,
         pairings=pairings,

@@ -77,9 +77,10 @@ class Objective:
             f"{len(runs)} runs ({len(self.s.run_seeds)} seeds on {envs}), scored by the mean "
             f"over runs of each run's last {spec.last_evals} evaluations."
         )
+        self.run_name = f"t{trial.number:04d} {arm.label}{shown}"
         run_id = self.tracker.start_run(
             self.experiment_id,
-            name=f"t{trial.number:04d} {arm.label}{shown}",
+            name=self.run_name,
             role="trial",
             parent_run_id=self.study_run_id,
             tags={
@@ -111,7 +112,7 @@ class Objective:
             self._end(trial, run_id, "FAIL", f"objective is not finite ({value})")
         else:
             self.tracker.log_metrics(run_id, [Metric("objective", value, now_ms(), 0)])
-            self._end(trial, run_id, "COMPLETE", f"objective {value:.4g}")
+            self._end(trial, run_id, "COMPLETE", f"objective {value:.4g}", value=value)
         return value
 
     def _trial_params(self, trial: optuna.Trial, arm: Arm, cfg: TrainConfig) -> dict[str, Any]:
@@ -240,13 +241,19 @@ class Objective:
         reason: str | None,
         *,
         status: str | None = None,
+        value: float | None = None,
     ) -> None:
-        """Record how the trial ends: its reason in Optuna, state, status and description in
-        MLflow."""
+        """Record how the trial ends: its reason in Optuna; state, status, description and a
+        name showing the outcome (`value` for a complete trial) in MLflow."""
         if reason and state != "COMPLETE":
             trial.set_user_attr("end_reason", reason)
         self.tracker.set_tags(run_id, {"optuna.trial_state": state})
         self.tracker.describe(run_id, f"{self.description} {state}: {reason}")
+        # The name column is the one the runs table always shows, and it is narrow: put the
+        # outcome right after the trial number.
+        number, rest = self.run_name.split(" ", 1)
+        outcome = f"{value:.3g}" if value is not None else state.lower()
+        self.tracker.rename(run_id, f"{number} [{outcome}] {rest}")
         end_reason = None if state == "COMPLETE" else reason
         self.tracker.end_run(run_id, status or _STATUS[state], end_reason)  # type: ignore[arg-type]
 

@@ -152,6 +152,8 @@ class RunSlot:
         assert self.logger is not None
         self.logger.log_metrics({"objective": score}, self.steps[-1])
         self.end("FINISHED", f"score {score:.4g} (mean of the last {last} evaluations)")
+        number, rest = self.name.split(" ", 1)  # the outcome where the narrow column shows it
+        self.tracker.rename(self.logger.run_id, f"{number} [{score:.3g}] {rest}")
         return score
 
     def end(self, status: RunStatus, reason: str | None = None) -> None:

@@ -41,7 +41,7 @@ class StudySettings:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that make two invocations the same study (what resuming checks)."""
         cfg = flatten(self.spec.base)
-        for key in ("device", "threads", "seed", "pair", "target.rule"):
+        for key in ("device", "threads", "seed", "pair", "target.rule", "eval_videos"):
             cfg.pop(key)  # how and where it runs, or set per trial
         data = self.spec.to_dict()
         for key in (
