@@ -50,18 +50,28 @@ def stratified_bootstrap_ci(
     Returns:
         `(estimate, low, high)`; a single run gives a zero-width interval.
     """
+    rng = np.random.default_rng(seed)
+    estimate, replicates = _bootstrap(scores_by_task, statistic, reps, rng)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return estimate, float(low), float(high)
+
+
+def _bootstrap(
+    scores_by_task: Sequence[Sequence[float]],
+    statistic: Statistic,
+    reps: int,
+    rng: np.random.Generator,
+) -> tuple[float, np.ndarray]:
+    """`statistic` of all runs pooled, and of `reps` stratified resamples `[reps]`."""
     tasks = [np.asarray(t, dtype=float) for t in scores_by_task if len(t)]
     if not tasks:
         raise ValueError("no scores")
-    rng = np.random.default_rng(seed)
-    pooled = np.concatenate(tasks)
+    pooled = np.concatenate(tasks)[None, :]
     resampled = np.concatenate(
         [t[rng.integers(0, len(t), size=(reps, len(t)))] for t in tasks], axis=1
     )  # [reps, runs]: runs drawn with replacement inside each task
-    replicates = statistic(resampled, axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(replicates, [tail, 100 - tail])
-    return float(statistic(pooled[None, :], axis=1)[0]), float(low), float(high)
+    return float(statistic(pooled, axis=1)[0]), statistic(resampled, axis=1)
 
 
 def difference_ci(
@@ -82,18 +92,8 @@ def difference_ci(
         `(difference, low, high)`.
     """
     rng = np.random.default_rng(seed)
-
-    def replicates(by_task: Sequence[Sequence[float]]) -> tuple[float, np.ndarray]:
-        tasks = [np.asarray(t, dtype=float) for t in by_task if len(t)]
-        if not tasks:
-            raise ValueError("no scores")
-        pooled = np.concatenate(tasks)[None, :]
-        resampled = np.concatenate(
-            [t[rng.integers(0, len(t), size=(reps, len(t)))] for t in tasks], axis=1
-        )
-        return float(statistic(pooled, axis=1)[0]), statistic(resampled, axis=1)
-
-    (a, a_reps), (b, b_reps) = replicates(a_by_task), replicates(b_by_task)
+    a, a_reps = _bootstrap(a_by_task, statistic, reps, rng)
+    b, b_reps = _bootstrap(b_by_task, statistic, reps, rng)
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(a_reps - b_reps, [tail, 100 - tail])
     return a - b, float(low), float(high)

@@ -359,6 +359,8 @@ def test_mlflow_view_of_a_study(tmp_path, results):
             f"COMPLETE: objective {trial.value:.4g}"
         )
         assert run.data.metrics["objective"] == pytest.approx(trial.value)
+        (objective,) = client.get_metric_history(run.info.run_id, "objective")
+        assert objective.step == 300  # agent steps, as on the seed runs
         params = run.data.params
         if "baseline" in trial.user_attrs:
             assert "target.kr" not in params and params["target.period"] == "2000"

@@ -140,7 +140,7 @@ def run_confirmation(
         tracker.set_tags(parent, {"selection": trial.value, "confirm.failed": len(failed)})
         tracker.log_params(parent, {"confirm_seeds": ",".join(map(str, seeds))})
         if pooled:
-            objective = Metric("objective", float(np.mean(pooled)), now_ms(), 0)
+            objective = Metric("objective", float(np.mean(pooled)), now_ms(), cfg.steps)
             tracker.log_metrics(parent, [objective])
         outcome = f"mean score {np.mean(pooled):.4g} over {len(pooled)} runs" if pooled else ""
         tracker.describe(parent, f"{about} {outcome}; failed runs: {len(failed)}.")

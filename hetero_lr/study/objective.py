@@ -111,7 +111,9 @@ class Objective:
         if not math.isfinite(value):
             self._end(trial, run_id, "FAIL", f"objective is not finite ({value})")
         else:
-            self.tracker.log_metrics(run_id, [Metric("objective", value, now_ms(), 0)])
+            # At the runs' last agent step, as a seed run logs its own `objective`.
+            metric = Metric("objective", value, now_ms(), cfg.steps)
+            self.tracker.log_metrics(run_id, [metric])
             self._end(trial, run_id, "COMPLETE", f"objective {value:.4g}", value=value)
         return value
 

@@ -54,7 +54,8 @@ def finish_study(
         )
         tags.update({f"best.{k}": v for k, v in best.params.items()})
         tracker.log_dict(run_id, _trial_record(best, tied), "best_trial.json")
-        tracker.log_metrics(run_id, [Metric("objective", best.value, now_ms(), 0)])
+        steps = study.user_attrs.get("settings", {}).get("config", {}).get("steps", 0)
+        tracker.log_metrics(run_id, [Metric("objective", best.value, now_ms(), steps)])
         lines.append(_winner_line(best, tied))
     confirmed = confirmation_table(study.user_attrs.get("confirmation", {}))
     if confirmed:
