@@ -165,6 +165,12 @@ def main() -> None:
     parser.add_argument("--env", default="MinAtar/Breakout-v1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="docs/results/minatar_stability")
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        default=["replicate", "polyak", "hardcopy"],
+        help="map only these rules (e.g. to run two processes side by side)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -175,7 +181,7 @@ def main() -> None:
     for seed in args.seeds:
         for cell in arms():
             key = (cell["rule"], str(cell["kl"]), str(cell["target_lr"]), str(seed))
-            if key in seen:
+            if key in seen or cell["rule"] not in args.rules:
                 continue
             cfg = config(cell, steps=args.steps, env=args.env, seed=seed)
             row = cell | {"seed": seed} | run_cell(cfg)

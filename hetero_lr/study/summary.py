@@ -187,8 +187,12 @@ def _winner_line(best: optuna.trial.FrozenTrial, tied: list[optuna.trial.FrozenT
             f"search best: trial {best.number} ({pairing}) {best.value:.4g}, from one run per "
             "trial: no interval, so no claim it beats the others (use --seeds 2 or more)"
         )
+    runs = len(best.user_attrs["run_scores"])
+    rough = f" (intervals from {runs} runs per trial are rough: --confirm K checks it)"
     if len(tied) == 1:
-        return f"search best: trial {best.number} ({pairing}) {best.value:.4g}"
+        return f"search best: trial {best.number} ({pairing}) {best.value:.4g}" + (
+            rough if runs < 5 else ""
+        )
     return (
         f"search: no winner, trials {', '.join(str(t.number) for t in tied)} tied "
         f"(95% CIs of their mean over runs overlap; highest: trial {best.number}, {pairing}, "
