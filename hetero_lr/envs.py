@@ -63,7 +63,7 @@ class GymLanes:
         self._dtype = envs[0].observation_space.dtype
 
     def reset(self, seed: list[int] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        seeds = [None] * self.num_envs if seed is None else seed
+        seeds = [None] * self.num_envs if seed is None else [int(s) for s in seed]
         obs = [env.reset(seed=s)[0] for env, s in zip(self.envs, seeds, strict=True)]
         return np.stack(obs).astype(self._dtype, copy=False), {}
 
@@ -111,18 +111,16 @@ class VecEnv:
         env: VectorEnv | GymLanes,
         *,
         seed: int,
-        lane_seeds: Callable[[int], Any],
         protocol: dict[str, Any],
         frame_stack: int = 1,
         transform: Callable[[np.ndarray], np.ndarray] = np.asarray,
         life_loss_terminal: bool = False,
     ) -> None:
         self._env = env
-        self._lane_seeds = lane_seeds
-        self._reset_seed = lane_seeds(seed)
         self._transform = transform
         self._life_loss_terminal = life_loss_terminal
         self.num_envs = env.num_envs
+        self._reset_seed: np.ndarray | None = self._lane_seeds(seed)
         sample = transform(env.observation_space.sample())
         self.obs_shape = tuple(sample.shape[1:])
         self.obs_dtype = sample.dtype
@@ -148,6 +146,9 @@ class VecEnv:
         self._lengths[:] = 0
         self._lives[:] = info.get("lives", 0)
         return self._transform(obs)
+
+    def _lane_seeds(self, seed: int) -> np.ndarray:
+        return np.array(lane_seeds(seed, self.num_envs), dtype=np.int64)
 
     @property
     def restorable(self) -> bool:
@@ -335,7 +336,6 @@ def _make_atari(cfg: EnvConfig, seed: int, n: int) -> VecEnv:
     return VecEnv(
         env,
         seed=seed,
-        lane_seeds=lambda s: np.array(lane_seeds(s, n), dtype=np.int64),
         protocol=protocol,
         frame_stack=cfg.frame_stack,
         life_loss_terminal=cfg.terminal_on_life_loss,
@@ -404,7 +404,6 @@ def _make_gymnasium(
     return VecEnv(
         env,
         seed=seed,
-        lane_seeds=lambda s: lane_seeds(s, n),
         protocol=protocol,
         transform=transform,
     )

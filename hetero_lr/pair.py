@@ -25,7 +25,6 @@ network, measured here); a network with a submodule that overrides `train` is sw
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -83,19 +82,6 @@ class _Modes:
         self.changed.clear()
 
 
-@contextmanager
-def module_mode(module: nn.Module, training: bool) -> Iterator[None]:
-    """Put `module` in train (True) or eval (False) mode inside the block, then restore it."""
-    previous = module.training
-    if previous != training:
-        module.train(training)
-    try:
-        yield
-    finally:
-        if previous != training:
-            module.train(previous)
-
-
 class HeteroPair(nn.Module):
     """Online and target Q-networks, possibly of different families, and their update rule.
 
@@ -142,8 +128,9 @@ class HeteroPair(nn.Module):
             raise ValueError(
                 "online and target must both be scalar, or categorical with the same support"
             )
+        self._switches = {"online": _ModeSwitch(online), "target": _ModeSwitch(target)}
         if example_obs is not None:
-            with torch.no_grad(), module_mode(online, False), module_mode(target, False):
+            with torch.no_grad(), self.modes(online=False, target=False):
                 shapes = tuple(online(example_obs).shape), tuple(target(example_obs).shape)
             if shapes[0] != shapes[1]:
                 raise ValueError(
@@ -151,7 +138,6 @@ class HeteroPair(nn.Module):
                     "for the same observations"
                 )
         update.bind(online, target)
-        self._switches = {"online": _ModeSwitch(online), "target": _ModeSwitch(target)}
         self._switches["target"].set(False)  # the target rests in eval mode (module docstring)
 
     def modes(self, *, online: bool | None = None, target: bool | None = None) -> _Modes:
@@ -279,4 +265,4 @@ def _check_no_shared_storage(online: nn.Module, target: nn.Module) -> None:
         )
 
 
-__all__ = ["HeteroPair", "Sample", "module_mode"]
+__all__ = ["HeteroPair", "Sample"]

@@ -33,7 +33,7 @@ from hetero_lr.config import TrainConfig, flatten
 from hetero_lr.envs import make_env
 from hetero_lr.evaluation import evaluate
 from hetero_lr.loggers import Logger, NullLogger
-from hetero_lr.replay import ReplayBatch, ReplayMemory
+from hetero_lr.replay import ReplayMemory
 
 # Settings a resumed run may change: how long and where it runs, not what it computes.
 RESUMABLE_CHANGES = ("steps", "device", "threads", "checkpoint_every")
@@ -108,6 +108,9 @@ class TrainingRun:
             torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
         )
         self._pin = self.device.type == "cuda"
+        self._replicate_by_priority = (
+            cfg.agent.prioritized and cfg.target.replicate_sampling == "prioritized"
+        )
         self._on_cpu = self.device.type == "cpu"
         self.divergence = DivergenceBound.resolve(cfg.agent, cfg.env)
         """The mean |Q| bound in force (`agent.divergence_q`, resolved)."""
@@ -248,14 +251,10 @@ class TrainingRun:
     def _replicate_sample(self) -> tuple[torch.Tensor, ...]:
         """A Replicate batch (`target.replicate_sampling`): `(obs, actions)` drawn uniformly,
         or `(obs, actions, weights)` drawn by priority."""
-        b = self._replicate_batch()
-        if self.cfg.agent.prioritized and self.cfg.target.replicate_sampling == "prioritized":
+        b = self.replay.sample(self.cfg.agent.batch_size, uniform=not self._replicate_by_priority)
+        if self._replicate_by_priority:
             return self._to_device(b.obs), self._to_device(b.actions), self._to_device(b.weights)
         return self._to_device(b.obs), self._to_device(b.actions)
-
-    def _replicate_batch(self) -> ReplayBatch:
-        uniform = self.cfg.target.replicate_sampling == "uniform"
-        return self.replay.sample(self.cfg.agent.batch_size, uniform=uniform)
 
     def _to_device(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
@@ -414,9 +413,7 @@ class TrainingRun:
         self._sums = dict(state["log"]["sums"])
         self._counts = dict(state["log"]["counts"])
         self._pending.clear()
-        self._guard.reset()
-        if "divergence" in state["log"]:
-            self._guard.load_state_dict(state["log"]["divergence"])
+        self._guard.load_state_dict(state["log"]["divergence"])
         self._next_log = state["log"]["next_log"]
         if self.envs.load_state_dict(state["envs"]):
             self._obs = state["obs"]
