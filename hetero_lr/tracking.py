@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -46,14 +46,40 @@ END_REASON = "hetero_lr.end_reason"
 """Tag holding why a run ended as it did (pruning step, divergence message, interruption)."""
 PARENT = "mlflow.parentRunId"
 
-_TRANSIENT = ("database is locked", "database table is locked", "TEMPORARILY_UNAVAILABLE")
+_LOCKED = ("database is locked", "database table is locked")
+_OUTAGE = (
+    "TEMPORARILY_UNAVAILABLE",  # the SQLAlchemy store's OperationalError (lock or lost link)
+    "Max retries exceeded",  # an HTTP server gone, after MLflow's own retries
+    "Connection refused",
+    "Connection reset",
+    "Connection aborted",
+    "RemoteDisconnected",
+    "Read timed out",
+    "server closed the connection",
+    "connection failed",
+)
+OUTAGE_PATIENCE = 300.0
+"""Seconds a call keeps retrying while the tracking server or database cannot be reached."""
 
 
 def is_transient(err: BaseException) -> bool:
-    """Whether an error is worth retrying: a locked SQLite database or a busy MLflow store."""
+    """Whether an error is worth retrying: a locked SQLite database, a busy MLflow store, or a
+    tracking server or database that cannot be reached right now."""
     if not isinstance(err, (MlflowException, sqlite3.OperationalError)):
         return False
-    return any(s in f"{getattr(err, 'error_code', '')} {err}" for s in _TRANSIENT)
+    text = f"{getattr(err, 'error_code', '')} {err}"
+    return any(s in text for s in (*_LOCKED, *_OUTAGE))
+
+
+def _is_locked(err: BaseException) -> bool:
+    return any(s in str(err) for s in _LOCKED)
+
+
+def _reason(err: BaseException) -> str:
+    # MLflow's REST message starts with the request URL, which may carry credentials: keep
+    # only the cause (host, port and what went wrong).
+    text = str(getattr(err, "message", err)).split(" failed with exception ", 1)[-1]
+    return " ".join(text.split())[:300]
 
 
 def retry(
@@ -62,24 +88,55 @@ def retry(
     attempts: int = 10,
     delay: float = 0.05,
     max_delay: float = 5.0,
+    patience: float = OUTAGE_PATIENCE,
     **kwargs: Any,
 ) -> T:
     """Call `fn(*args, **kwargs)`, retrying transient errors (`is_transient`) with backoff.
 
-    Waits `delay * 2**k` (at most `max_delay`, times a random factor in [0.5, 1.5) so that two
-    processes that collided do not collide again) before attempt k + 2.
+    A locked database: up to `attempts` calls, waiting `delay * 2**k` (at most `max_delay`,
+    times a random factor in [0.5, 1.5) so that two processes that collided do not collide
+    again) before attempt k + 2. A tracking server or database out of reach: retried for up to
+    `patience` seconds (waits of 1 s doubling to 30 s; an HTTP server also gets MLflow's own
+    retries inside each call), with one line when the outage starts and one when it ends.
+    Retrying a call whose answer was lost can log a metric twice; it never ends a run twice.
 
     Raises:
-        Exception: the last error once `attempts` calls failed, or any non-transient error.
+        Exception: the last error once retries are spent, or any non-transient error.
     """
-    for attempt in range(attempts - 1):
+    attempt, outage = 0, None
+    wait = 1.0
+    while True:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except (MlflowException, sqlite3.OperationalError) as err:
             if not is_transient(err):
                 raise
-            time.sleep(min(max_delay, delay * 2**attempt) * random.uniform(0.5, 1.5))
-    return fn(*args, **kwargs)
+            if _is_locked(err):
+                attempt += 1
+                if attempt >= attempts:
+                    raise
+                time.sleep(min(max_delay, delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+                continue
+            now = time.monotonic()
+            if outage is None:
+                outage = now
+                _say(
+                    f"MLflow tracking unreachable ({_reason(err)}); retrying for up to "
+                    f"{patience:.0f}s"
+                )
+            elif now - outage >= patience:
+                _say(f"MLflow tracking unreachable for {now - outage:.0f}s; giving up")
+                raise
+            time.sleep(min(wait, max(0.0, outage + patience - now)))
+            wait = min(30.0, wait * 2)
+            continue
+        if outage is not None:
+            _say(f"MLflow tracking reachable again after {time.monotonic() - outage:.0f}s")
+        return result
+
+
+def _say(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
 @cache
@@ -119,7 +176,11 @@ def trials_link(tracking_uri: str, experiment_id: str) -> str:
     (MLflow's `EXPERIMENT_PAGE_QUERY_PARAM_KEYS`). A local store has no server: the link points
     at `mlflow ui`'s default address.
     """
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    base = "http://127.0.0.1:5000"
+    if tracking_uri.startswith("http"):  # a link never carries credentials
+        parts = urlsplit(tracking_uri)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        base = urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
     query = urlencode(
         {
             "workflowType": "machine_learning",

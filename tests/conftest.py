@@ -18,3 +18,41 @@ def empty_db(tmp_path_factory):
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
     Tracker(f"sqlite:///{path}").prepare()
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server: the one in `HETERO_LR_TEST_POSTGRES` (`.ci/run` starts it), else a
+    throwaway cluster started here; fails (never skips) when neither is possible."""
+    import os
+
+    from services import POSTGRES_ENV, Postgres, postgres_bindir, start_postgres
+
+    try:
+        import psycopg  # noqa: F401  (the `postgres` extra, which the `test` extra includes)
+    except ImportError:
+        pytest.fail("PostgreSQL tests need the driver: pip install -e '.[test]' (psycopg)")
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        yield Postgres(url, bindir=postgres_bindir())
+        return
+    try:
+        cluster = start_postgres()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, empty_db):
+    """An `mlflow server` on 127.0.0.1 (SQLite store, artifacts in a temp folder)."""
+    from services import start_mlflow_server
+
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), backend_db=empty_db)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -36,6 +36,12 @@ class FakeRun:
         self.logger.log_metrics({"eval/return_mean": value}, self.step)
         return value
 
+    def state_dict(self) -> dict:
+        return {"step": self.step, "evaluations": {"steps": [], "returns": []}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+
     def close(self) -> None:
         pass
 

@@ -425,7 +425,7 @@ def test_optuna_dashboard_reads_the_journal_and_links_mlflow(tmp_path, results):
         assert attrs["experiment"] == runs[0].info.experiment_id
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        server.wait(timeout=60)
 
 
 def test_resume_adds_trials_and_keeps_finished_ones(tmp_path, results, capsys):
@@ -603,6 +603,23 @@ def test_two_workers_lose_no_mlflow_writes(tmp_path, results):
                 run.info.run_id, "optuna/intermediate_value_by_evaluation"
             )
         ) == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_grid_points_are_queued_so_parallel_workers_never_share_one(tmp_path, results):
+    """Two workers starting together on a grid: each point runs once, then nothing is left."""
+    study_file = write_study(
+        tmp_path, sampler="grid", space={"kr": [1, 2], "kl": [4]}, seeds=1, baselines="auto"
+    )
+    argv = ["--study", str(study_file), "--results", str(results), "--workers", "2"]
+    assert main(argv) == 0
+    study = load(results, "mlp:mlp__tiny")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    points = sorted((t.params["kr"], t.params["kl"]) for t in study.trials if t.params)
+    assert points == [(1, 4), (2, 4)]
+    assert [t.user_attrs["pairing"] for t in study.trials if not t.params] == ["mlp:mlp@hardcopy"]
+    assert main(argv) == 0  # the grid is done: a second start adds no trial
+    assert len(load(results, "mlp:mlp__tiny").trials) == 3
 
 
 def test_dry_run_from_another_directory_uses_the_built_in_study(tmp_path):

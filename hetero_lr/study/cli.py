@@ -10,6 +10,7 @@ the study: it adds `--trials` trials and keeps finished ones.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from hetero_lr.study.preflight import (
     probe_envs,
     run_device,
 )
-from hetero_lr.study.runner import run_study
+from hetero_lr.study.runner import run_study, uses_heartbeat
 from hetero_lr.study.runs import RunFactory
 from hetero_lr.study.settings import SettingsMismatch, StudySettings, run_seeds
 from hetero_lr.study.spec import (
@@ -41,7 +42,13 @@ from hetero_lr.study.spec import (
     parse_baselines,
     with_overrides,
 )
-from hetero_lr.study.storage import check_storage_url, check_tracking_uri
+from hetero_lr.study.storage import (
+    check_storage_reachable,
+    check_storage_url,
+    check_tracking_reachable,
+    check_tracking_uri,
+    masked,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the default storage, tracking and checkpoints",
     )
     p.add_argument(
+        "--checkpoints",
+        metavar="DIR|none",
+        help="folder for the runs' checkpoints, reached by every worker (default: "
+        "RESULTS/checkpoints); a trial resumes from them after a crash or a stop signal",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        metavar="SECONDS",
+        help="worker heartbeat for database storages: a trial whose worker misses two is failed "
+        "and retried (default 60; 0 turns it off)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="times a trial whose worker died is retried from its checkpoints (default 1)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved study and the time estimate, write nothing",
@@ -117,9 +144,9 @@ def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings
         ValueError: bad input, as a one-line message naming the value and what is accepted.
     """
     spec = load_study(args.study)
-    for flag in ("steps", "trials", "seeds", "workers", "confirm"):
+    for flag in ("steps", "trials", "seeds", "workers", "confirm", "heartbeat", "retries"):
         value = getattr(args, flag)
-        low = 0 if flag in ("trials", "confirm") else 1
+        low = 0 if flag in ("trials", "confirm", "heartbeat", "retries") else 1
         if value is not None and value < low:
             raise ValueError(f"--{flag} must be >= {low}, got {value}")
     if args.pair and args.pairs:
@@ -156,6 +183,14 @@ def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings
     tracking_uri = args.tracking_uri or f"sqlite:///{results / 'mlflow.db'}"
     check_tracking_uri(tracking_uri)
     check_storage_url(storage)
+    if args.heartbeat and not uses_heartbeat(storage):
+        raise ValueError(
+            f"--heartbeat {args.heartbeat}: only database storages (postgresql://, mysql://, "
+            "sqlite:///) keep heartbeats; with a journal file, a restart finds dead trials by "
+            "their process"
+        )
+    heartbeat = (60 if uses_heartbeat(storage) else 0) if args.heartbeat is None else args.heartbeat
+    checkpoints = args.checkpoints or str(results / "checkpoints")
     db = tracking.sqlite_path(tracking_uri)
     name = args.study_name or (
         f"{spec.pairings[0].pair}__{spec.name}" if len(spec.pairings) == 1 else spec.name
@@ -170,7 +205,10 @@ def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings
         workers=args.workers,
         run_seeds=run_seeds(spec.seed, spec.seeds),
         progress=args.workers == 1 and sys.stderr.isatty(),
-        command=" ".join(["hetero-lr-study", *argv]),
+        command=masked(shlex.join(["hetero-lr-study", *argv])),
+        checkpoints=None if checkpoints == "none" else str(Path(checkpoints).resolve()),
+        heartbeat=heartbeat or None,
+        max_retry=args.retries,
     )
 
 
@@ -192,7 +230,7 @@ def banner(
         f"  space      {'; '.join(p.describe() for p in spec.space) or '(pairing only)'}",
         f"  trials     {spec.trials} (+ baselines not yet run)   sampler {spec.sampler}   "
         f"pruner {spec.pruner}   workers {settings.workers}",
-        f"  storage    {settings.storage}",
+        f"  storage    {masked(settings.storage)}",
         *(
             [
                 "  note       Optuna's FAQ advises against SQLite for parallel workers: use a "
@@ -201,8 +239,12 @@ def banner(
             if settings.storage.startswith("sqlite") and settings.workers > 1
             else []
         ),
-        f"  tracking   {settings.tracking_uri}   (browse: mlflow ui --backend-store-uri "
-        f"{settings.tracking_uri})",
+        f"  tracking   {masked(settings.tracking_uri)}   (browse: "
+        + (
+            f"{masked(settings.tracking_uri)})"
+            if settings.tracking_uri.startswith("http")
+            else f"mlflow ui --backend-store-uri {masked(settings.tracking_uri)})"
+        ),
     ]
     if estimate:
         runs = ", ".join(f"{k} {duration(v)}" for k, v in estimate["per_run"].items())
@@ -215,7 +257,20 @@ def banner(
             f"  memory     replay held at once {estimate['memory'] / 1e9:.2f} GB"
             + (f" (available now {free / 1e9:.1f} GB)" if free else "")
         )
+    lines.append(f"  recovery   {_recovery(settings, estimate)}")
     return "\n".join(lines)
+
+
+def _recovery(settings: StudySettings, estimate: dict[str, Any] | None) -> str:
+    """How the study survives a crash: where checkpoints go and their size, the heartbeat."""
+    if settings.checkpoints is None:
+        text = "no checkpoints (--checkpoints none): a stopped or dead trial restarts from zero"
+    else:
+        size = f", up to {estimate['memory'] / 1e9:.2f} GB at once" if estimate else ""
+        text = f"checkpoints {settings.checkpoints} (each evaluation{size}; removed as trials end)"
+    if settings.heartbeat:
+        text += f"; heartbeat {settings.heartbeat}s"
+    return text + f"; a dead worker's trial is retried {settings.max_retry}x"
 
 
 def _score_meaning(env: EnvInfo) -> str:
@@ -234,8 +289,9 @@ def main(argv: Sequence[str] | None = None, *, run_factory: RunFactory | None = 
 
     Bad input (pair syntax, unknown family, incompatible pairing, kr/kl < 1, unreadable study
     file or unknown key, unknown sampler or pruner, a storage URL of an unknown scheme or
-    without its driver, a file-store tracking URI) prints one line and returns 2 before
-    anything is written.
+    without its driver, a file-store tracking URI, a storage or tracking server that cannot be
+    reached or refuses the worker's credentials) prints one line and returns 2 before anything
+    is written. URLs are printed and recorded with their passwords masked.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines replace its log
@@ -243,6 +299,9 @@ def main(argv: Sequence[str] | None = None, *, run_factory: RunFactory | None = 
     args = parser.parse_args(argv)
     try:
         settings = resolve(args, argv)
+        if not args.dry_run:  # a dry run shows the study even where its servers are not
+            check_storage_reachable(settings.storage)
+            check_tracking_reachable(settings.tracking_uri)
         run_device(settings.spec.base.device)  # e.g. cuda requested where there is none
         envs = probe_envs(settings.spec)
         check_pairings(settings.spec, envs)
@@ -263,8 +322,8 @@ def main(argv: Sequence[str] | None = None, *, run_factory: RunFactory | None = 
                 {
                     "study": settings.spec.to_dict(),
                     "study_name": settings.study_name,
-                    "storage": settings.storage,
-                    "tracking_uri": settings.tracking_uri,
+                    "storage": masked(settings.storage),
+                    "tracking_uri": masked(settings.tracking_uri),
                     "run_seeds": list(settings.run_seeds),
                 },
                 sort_keys=False,

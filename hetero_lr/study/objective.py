@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,14 @@ from mlflow.entities import Metric
 
 from hetero_lr.config import TrainConfig, flatten
 from hetero_lr.study._console import now_ms, say, worker_prefix
+from hetero_lr.study.recovery import (
+    Interrupted,
+    TrialCheckpoints,
+    frozen,
+    origin,
+    requeue,
+    worker_id,
+)
 from hetero_lr.study.runs import RunFactory, RunSlot, eval_steps, used_params
 from hetero_lr.study.settings import StudySettings
 from hetero_lr.study.spec import Arm, suggest
@@ -65,7 +71,12 @@ class Objective:
         runs = [(env_id, seed) for env_id in spec.env_ids for seed in self.s.run_seeds]
         trial.set_user_attr("run_seeds", list(self.s.run_seeds))
         trial.set_user_attr("envs", list(spec.env_ids))
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker", worker_id())
+        record = frozen(trial)
+        self.inherited = set(record.intermediate_values)  # a retry's earlier evaluations
+        history = record.system_attrs.get("retry_history") or []
+        self.resumes = history[-1] if history else None  # the trial this one retries
+        self.checkpoints = TrialCheckpoints(self.s.checkpoints, self.s.study_name, origin(record))
         shown = "".join(f" {k}={_fmt(v)}" for k, v in trial.params.items() if k != "pair")
         say(
             f"trial {trial.number} started: {arm.label}{shown} ({len(runs)} runs)",
@@ -77,6 +88,10 @@ class Objective:
             f"{len(runs)} runs ({len(self.s.run_seeds)} seeds on {envs}), scored by the mean "
             f"over runs of each run's last {spec.last_evals} evaluations."
         )
+        if self.resumes is not None:
+            self.description += (
+                f" Retry of trial {self.resumes}: its runs resume from their checkpoints."
+            )
         self.run_name = f"t{trial.number:04d} {arm.label}{shown}"
         run_id = self.tracker.start_run(
             self.experiment_id,
@@ -89,6 +104,7 @@ class Objective:
                 "optuna.trial_state": "RUNNING",
                 "pairing": arm.label,
                 "rule": arm.rule,
+                **({"resumed_from_trial": self.resumes} if self.resumes is not None else {}),
             },
             description=f"{self.description} Running.",
         )
@@ -98,16 +114,23 @@ class Objective:
         try:
             value = self._run_all(trial, arm, cfg, run_id, runs)
         except optuna.TrialPruned as err:
+            self.checkpoints.remove()
             self._end(trial, run_id, "PRUNED", str(err))
             raise
         except self.divergence as err:
+            self.checkpoints.remove()
             self._end(trial, run_id, "FAIL", f"{type(err).__name__}: {err}")
             raise
-        except BaseException as err:  # ends the MLflow run, then lets Optuna see it
-            interrupted = isinstance(err, KeyboardInterrupt)
-            reason = f"{'interrupted' if interrupted else 'crashed'}: {type(err).__name__}: {err}"
-            self._end(trial, run_id, "FAIL", reason, status="KILLED" if interrupted else None)
+        except KeyboardInterrupt as err:  # a stop signal: resumable; queue it again
+            reason = f"{err or 'interrupted (Ctrl-C)'}; queued again to resume"
+            requeue(trial.study, frozen(trial))  # before `_end` adds its end reason
+            self._end(trial, run_id, "FAIL", reason, status="KILLED")
             raise
+        except BaseException as err:  # ends the MLflow run, then lets Optuna see it
+            self.checkpoints.remove()
+            self._end(trial, run_id, "FAIL", f"crashed: {type(err).__name__}: {err}")
+            raise
+        self.checkpoints.remove()
         if not math.isfinite(value):
             self._end(trial, run_id, "FAIL", f"objective is not finite ({value})")
         else:
@@ -159,6 +182,9 @@ class Objective:
             else:
                 scores = self._lockstep(trial, slots, run_id)
         except BaseException as err:
+            if isinstance(err, Interrupted):  # every run is at a clean step: keep it
+                for slot in slots:
+                    self.checkpoints.save(slot)
             pruned = isinstance(err, optuna.TrialPruned | KeyboardInterrupt)
             for slot in slots:
                 slot.end("KILLED" if pruned else "FAILED", f"{type(err).__name__}: {err}")
@@ -185,6 +211,19 @@ class Objective:
             params = slot.run.params()  # type: ignore[union-attr]
             counts = {k: params[k] for k in ("online_params", "target_params") if k in params}
             self.tracker.log_params(run_id, counts)
+        at = self.checkpoints.restore(slot)
+        if at is not None:
+            assert slot.logger is not None
+            source = f"trial {self.resumes if self.resumes is not None else trial}"
+            self.tracker.set_tags(
+                slot.logger.run_id,
+                {"resumed_from_step": at, "resumed_from_trial": source.split()[-1]},
+            )
+            slot.description += f" Resumed at agent step {at} from {source}'s checkpoint."
+            say(
+                f"trial {trial}: {slot.name} resumed at step {at} from {source}'s checkpoint",
+                worker_prefix(self.worker, self.s.workers),
+            )
 
     def _lockstep(self, trial: optuna.Trial, slots: list[RunSlot], run_id: str) -> list[float]:
         """Advance every run to each evaluation in turn; report the mean over runs."""
@@ -193,6 +232,10 @@ class Objective:
             self._start(slot, run_id, first=k == 0)
         for index, step in enumerate(eval_steps(slots[0].cfg)):
             value = float(np.mean([slot.advance(step) for slot in slots]))
+            for slot in slots:
+                self.checkpoints.save(slot)
+            if index in self.inherited:  # reported by the trial this one resumes
+                continue
             trial.report(value, index)
             # Optuna's step is the evaluation index; the name says so (curves use agent steps).
             metric = Metric("optuna/intermediate_value_by_evaluation", value, now_ms(), index)
@@ -211,8 +254,11 @@ class Objective:
             self._start(slot, run_id, first=k == 0)
             for step in eval_steps(slot.cfg):
                 slot.advance(step)
+                self.checkpoints.save(slot)
             score = slot.finish(self.s.spec.last_evals)
             scores.append(score)
+            if k in self.inherited:
+                continue
             trial.report(score, k)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned by wilcoxon after run {k + 1}/{len(slots)}")

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import math
+import itertools
 import multiprocessing
 import os
 import time
+import warnings
 
 import optuna
+from optuna.trial import TrialState
 
 from hetero_lr.study._console import duration, say, worker_prefix
 from hetero_lr.study.objective import Objective
+from hetero_lr.study.recovery import (
+    StaleTrial,
+    recover_dead_trials,
+    stop_requested,
+    stop_signals,
+)
 from hetero_lr.study.runs import RunFactory, training_run
 from hetero_lr.study.settings import StudySettings, check_fingerprint, flat_params
 from hetero_lr.study.spec import StudySpec
@@ -22,11 +30,16 @@ def run_study(settings: StudySettings, *, run_factory: RunFactory | None = None)
     """Create or resume the study, run its trials in `settings.workers` processes, report.
 
     Returns:
-        0 when every worker finished, 1 when a worker crashed, 130 on Ctrl-C.
+        0 when every worker finished (a dead worker's trial resumed by the others), 1 when a
+        worker crashed, 130 when stopped by SIGINT/SIGTERM (the next start resumes).
     """
-    run_factory = run_factory or training_run
+    with stop_signals():
+        return _run_study(settings, run_factory or training_run)
+
+
+def _run_study(settings: StudySettings, run_factory: RunFactory) -> int:
     spec = settings.spec
-    storage = open_storage(settings.storage)
+    storage = _open(settings)
     # Load first: `create_study(load_if_exists=True)` appends to the journal even when the
     # study exists, and a resumed study whose settings differ must leave it untouched.
     if settings.study_name in optuna.get_all_study_names(storage):
@@ -49,8 +62,11 @@ def run_study(settings: StudySettings, *, run_factory: RunFactory | None = None)
     _record_provenance(study, tracker, study_run_id, settings)
     link = trials_link(settings.tracking_uri, experiment_id)
     say(f"trials in mlflow ui: {link}")
+    _recover(study, settings)
+    waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     added = _enqueue_baselines(study, spec)
-    n_trials = _trial_budget(study, spec) + added
+    fresh = _enqueue_grid(study, spec) if spec.sampler == "grid" else spec.trials
+    n_trials = waiting + added + fresh
     shares = [
         n_trials // settings.workers + (i < n_trials % settings.workers)
         for i in range(settings.workers)
@@ -69,16 +85,25 @@ def run_study(settings: StudySettings, *, run_factory: RunFactory | None = None)
     status, reason, code = "FINISHED", None, 0
     try:
         _optimize(study, settings, 0, shares[0], run_factory, tracker, experiment_id, study_run_id)
-    except KeyboardInterrupt:
-        status, reason, code = "KILLED", "interrupted (Ctrl-C)", 130
+    except KeyboardInterrupt as err:
+        status, reason, code = "KILLED", f"{err or 'interrupted (Ctrl-C)'}", 130
     except Exception as err:  # an error no trial could absorb: end the study run, then raise
         tracker.end_run(study_run_id, "FAILED", f"{type(err).__name__}: {err}")
         raise
     finally:
         for proc in procs:
+            if stop_requested() and proc.is_alive():
+                proc.terminate()  # SIGTERM: the worker checkpoints its trial and stops
             proc.join()
-    crashed = [p.name for p in procs if p.exitcode not in (0, None)]
-    if crashed and code == 0:
+    stopped = [p.name for p in procs if p.exitcode == 130]
+    crashed = [p.name for p in procs if p.exitcode not in (0, 130, None)]
+    resumed = _recover(study, settings) if code == 0 and not stopped else []
+    if resumed:  # a worker died mid-trial: its trial resumes here, from its checkpoints
+        _optimize(study, settings, 0, 0, run_factory, tracker, experiment_id, study_run_id)
+        reason = f"{', '.join(crashed)} died; trial(s) {resumed} resumed from checkpoints"
+    elif stopped and code == 0:
+        status, reason, code = "KILLED", f"worker(s) {', '.join(stopped)} interrupted", 130
+    elif crashed and code == 0:
         status, reason, code = "FAILED", f"worker(s) {', '.join(crashed)} exited abnormally", 1
     if code == 0 and spec.confirm:
         from hetero_lr.study.confirm import run_confirmation
@@ -109,15 +134,22 @@ def _worker(
     experiment_id: str,
     study_run_id: str,
 ) -> None:
-    """Entry point of a spawned worker process."""
+    """Entry point of a spawned worker process; exits 130 when stopped by a signal."""
     tracker = Tracker(settings.tracking_uri, artifact_root=settings.artifact_root)
     study = optuna.load_study(
         study_name=settings.study_name,
-        storage=open_storage(settings.storage),
+        storage=_open(settings),
         pruner=make_pruner(settings.spec),
     )
     study.sampler = make_sampler(settings.spec, worker=worker, n_existing=len(study.trials))
-    _optimize(study, settings, worker, n_trials, run_factory, tracker, experiment_id, study_run_id)
+    try:
+        with stop_signals(watch_parent=True):
+            _optimize(
+                study, settings, worker, n_trials, run_factory, tracker, experiment_id, study_run_id
+            )
+    except KeyboardInterrupt as err:
+        say(f"stopped: {err or 'interrupted'}", worker_prefix(worker, settings.workers))
+        raise SystemExit(130) from None
 
 
 def _optimize(
@@ -144,13 +176,18 @@ def _optimize(
         run_factory=run_factory,
         worker=worker,
     )
+    progress = _Progress(n_trials, prefix=worker_prefix(worker, settings.workers))
     if n_trials:
         study.optimize(
-            objective,
-            n_trials=n_trials,
-            catch=(objective.divergence,),
-            callbacks=[_Progress(n_trials, prefix=worker_prefix(worker, settings.workers))],
+            objective, n_trials=n_trials, catch=(objective.divergence,), callbacks=[progress]
         )
+    # Retries queued meanwhile (a dead worker's trial, failed by its heartbeat) run here too.
+    while not stop_requested() and any(
+        "retry_history" in t.system_attrs
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    ):
+        progress.n_trials += 1
+        study.optimize(objective, n_trials=1, catch=(objective.divergence,), callbacks=[progress])
 
 
 class _Progress:
@@ -184,10 +221,11 @@ def _record_provenance(
     study: optuna.Study, tracker: Tracker, run_id: str, settings: StudySettings
 ) -> None:
     from hetero_lr import __version__
+    from hetero_lr.study.storage import masked  # URLs are recorded without passwords
 
     sha = git_commit() or "unknown"
     study.set_user_attr("run_seeds", list(settings.run_seeds))
-    study.set_user_attr("command", settings.command)
+    study.set_user_attr("command", masked(settings.command))
     study.set_user_attr("git_sha", sha)
     study.set_user_attr("mlflow_study_run_id", run_id)
     study.set_user_attr("description", settings.spec.description or settings.spec.name)
@@ -197,8 +235,8 @@ def _record_provenance(
         run_id,
         {
             "optuna.study_name": settings.study_name,
-            "optuna.storage": settings.storage,
-            "command": settings.command,
+            "optuna.storage": masked(settings.storage),
+            "command": masked(settings.command),
             "git_sha": sha,
             "hetero_lr.version": __version__,
             "sampler": settings.spec.sampler,
@@ -223,14 +261,56 @@ def _enqueue_baselines(study: optuna.Study, spec: StudySpec) -> int:
     return added
 
 
-def _trial_budget(study: optuna.Study, spec: StudySpec) -> int:
-    """`spec.trials`, capped by the grid points not yet taken (grid sampler)."""
-    if spec.sampler != "grid":
-        return spec.trials
+def _open(settings: StudySettings) -> optuna.storages.BaseStorage:
+    """The study's storage; a database one with Optuna's heartbeat when `settings.heartbeat`."""
+    if not settings.heartbeat or not uses_heartbeat(settings.storage):
+        return open_storage(settings.storage)
+    return open_storage(
+        settings.storage,
+        heartbeat_interval=settings.heartbeat,  # grace period: Optuna's default, 2 intervals
+        heartbeat_stale_trial_callback=_on_dead(settings),
+    )
+
+
+def uses_heartbeat(storage: str) -> bool:
+    """Whether Optuna can keep a heartbeat in `storage` (only `RDBStorage` implements it)."""
+    return "://" in storage and not storage.startswith("grpc://")
+
+
+def _on_dead(settings: StudySettings) -> StaleTrial:
+    return StaleTrial(settings.tracking_uri, settings.artifact_root, settings.max_retry)
+
+
+def _recover(study: optuna.Study, settings: StudySettings) -> list[int]:
+    """Fail and re-queue trials whose worker is gone: heartbeat-stale ones (database storages)
+    and, on this host, those whose recorded process no longer exists (any storage)."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    recover_dead_trials(study, _on_dead(settings))
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(before - after)
+
+
+def _enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
+    """Enqueue grid points not yet taken, up to `spec.trials`; returns how many were added.
+
+    Each point is its own enqueued trial, so parallel workers each take a different one (an
+    enqueued trial is claimed atomically by the storage); left to `GridSampler`, workers
+    starting together can draw the same point. Points still WAITING (queued by an interrupted
+    invocation, or a retry) count as taken.
+    """
     grid = spec.grid()
-    taken = {
-        tuple(t.params.get(k) for k in grid)
-        for t in study.get_trials(deepcopy=False)
-        if t.state != optuna.trial.TrialState.FAIL and all(k in t.params for k in grid)
-    }
-    return min(spec.trials, math.prod(len(v) for v in grid.values()) - len(taken))
+    keys = list(grid)
+    taken = set()
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.FAIL or "baseline" in t.user_attrs:
+            continue
+        values = t.params or t.system_attrs.get("fixed_params", {})
+        if all(k in values for k in keys):
+            taken.add(tuple(values[k] for k in keys))
+    fresh = [p for p in itertools.product(*grid.values()) if p not in taken][: spec.trials]
+    for point in fresh:
+        study.enqueue_trial(dict(zip(keys, point, strict=True)))
+    return len(fresh)

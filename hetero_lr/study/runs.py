@@ -134,13 +134,44 @@ class RunSlot:
         self.logger.log_params(used_params(self.run.params()))
 
     def advance(self, step: int) -> float:
-        """Train until `step`, evaluate, and return the evaluation on the objective scale."""
+        """Train until `step`, evaluate, and return the evaluation on the objective scale.
+
+        Trains in chunks of `recovery.CHUNK` steps and raises `recovery.Interrupted` between
+        two when a stop was requested (the run is then at a clean step: it can be saved). A
+        step this slot evaluated before a resume returns the recorded score.
+        """
+        from hetero_lr.study.recovery import CHUNK, check_stop
+
         assert self.run is not None, "RunSlot.advance before start"
-        self.run.run_until(step)
+        if step in self.steps:
+            return self.scores[self.steps.index(step)]
+        while self.run.step < step:
+            check_stop()
+            self.run.run_until(min(step, self.run.step + CHUNK))
         score = self.transform(self.run.evaluate())
         self.steps.append(step)
         self.scores.append(score)
         return score
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The run's state and this slot's scores, None if the run cannot be saved."""
+        if self.run is None or not hasattr(self.run, "state_dict"):
+            return None
+        return {"run": self.run.state_dict(), "steps": self.steps, "scores": self.scores}
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Continue from `state_dict()`; returns the agent step the run resumed at.
+
+        The restored evaluations are logged again to this slot's MLflow run, so its curve is
+        whole; the training metrics before that step stay in the run that wrote the checkpoint.
+        """
+        assert self.run is not None and self.logger is not None, "RunSlot.load before start"
+        self.run.load_state_dict(state["run"])  # type: ignore[attr-defined]
+        self.steps, self.scores = list(state["steps"]), list(state["scores"])
+        evaluations = state["run"].get("evaluations", {"steps": [], "returns": []})
+        for at, value in zip(evaluations["steps"], evaluations["returns"], strict=True):
+            self.logger.log_metrics({"eval/return_mean": value}, at)
+        return self.run.step
 
     def final_score(self, last: int) -> float:
         """The run's score: the mean of its last `last` evaluations on the objective scale."""

@@ -36,6 +36,12 @@ class StudySettings:
     """Seeds of each trial's runs, derived from the study seed (the same for every trial)."""
     progress: bool
     command: str = ""
+    checkpoints: str | None = None
+    """Folder for the runs' checkpoints (every worker must reach it); None: no checkpoints."""
+    heartbeat: int | None = None
+    """Seconds between a worker's heartbeats (RDB storages); None: no heartbeat."""
+    max_retry: int = 1
+    """Times a trial whose worker died is queued again (resuming from its checkpoints)."""
 
     @property
     def fingerprint(self) -> dict[str, Any]:

@@ -1,0 +1,270 @@
+"""Trials that survive a crash: run checkpoints, dead-trial detection, retries, stop signals.
+
+- **Checkpoints.** After each evaluation every run of a trial writes its full state (networks,
+  optimizers, replay, RNGs, its scores so far) to `CHECKPOINTS/STUDY/tNNNN/`, named by the
+  trial the chain of retries started from; they are removed when the trial ends (complete,
+  pruned, diverged) and kept when it is interrupted or its worker dies.
+- **Dead workers.** With an RDB storage, Optuna's heartbeat marks a trial whose worker stopped
+  beating FAILED (`RDBStorage(heartbeat_interval=...)`; `optuna.storages.fail_stale_trials` runs
+  before every trial) and calls `StaleTrial`. The journal storage has no heartbeat: a starting
+  study fails the RUNNING trials whose recorded process (host and PID) is gone on this host
+  (`recover_dead_trials`). Either way `StaleTrial` ends the dead trial's MLflow runs FAILED and
+  re-queues it once (Optuna's `RetryHeartbeatStaleTrialCallback`); the retry resumes each run
+  from its checkpoint.
+- **SIGINT / SIGTERM.** The first signal asks the worker to stop: the running trial stops at
+  the next chunk of agent steps, checkpoints its runs, ends them KILLED with the reason and is
+  re-queued, so the next start resumes it. A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from hetero_lr.study._console import say
+
+if TYPE_CHECKING:
+    from hetero_lr.study.runs import RunSlot
+
+CHUNK = 1_000
+"""Agent steps between two looks at the stop flag while a run trains."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal: the trial checkpoints its runs and is re-queued (a KeyboardInterrupt, so
+    everything that ends runs on Ctrl-C ends them here too)."""
+
+
+class _Stop:
+    reason: str | None = None
+
+
+_STOP = _Stop()
+
+
+def request_stop(reason: str) -> None:
+    """Ask this process's trials to stop at the next chunk of agent steps."""
+    _STOP.reason = _STOP.reason or reason
+
+
+def check_stop() -> None:
+    """Raise `Interrupted` if a stop was requested."""
+    if _STOP.reason:
+        raise Interrupted(_STOP.reason)
+
+
+def stop_requested() -> str | None:
+    """Why this process was asked to stop, or None."""
+    return _STOP.reason
+
+
+@contextlib.contextmanager
+def stop_signals(*, watch_parent: bool = False) -> Iterator[None]:
+    """While inside, SIGINT/SIGTERM request a stop (a second SIGINT interrupts at once); the
+    previous handlers come back after. In a worker process, `watch_parent` also requests a stop
+    when the study's main process dies. Outside the main thread, signals are left alone."""
+
+    def on_signal(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and _STOP.reason:
+            raise KeyboardInterrupt(f"{name} again: stopping at once")
+        request_stop(f"interrupted ({name})")
+
+    _STOP.reason = None
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            yield
+        finally:
+            _STOP.reason = None
+        return
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if watch_parent:
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                threading.Event().wait(2.0)
+            request_stop("the study's main process is gone")
+
+        threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+    try:
+        yield
+    finally:
+        _STOP.reason = None
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The stored record of a live trial (with its system attributes: retry history)."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def origin(trial: optuna.trial.FrozenTrial) -> int:
+    """The trial a chain of retries started from (the trial itself if it is not a retry)."""
+    history = trial.system_attrs.get("retry_history") or []
+    return int(history[0]) if history else trial.number
+
+
+def worker_id() -> str:
+    """`host:pid` of this process, recorded on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TrialCheckpoints:
+    """The checkpoint files of one trial's runs (None folder: checkpointing off)."""
+
+    def __init__(self, root: str | Path | None, study_name: str, trial: int) -> None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+        self.folder = Path(root) / safe / f"t{trial:04d}" if root else None
+
+    def path(self, slot: RunSlot) -> Path | None:
+        """Where `slot`'s checkpoint lives."""
+        if self.folder is None:
+            return None
+        env = slot.cfg.env.id.replace("/", "_")
+        return self.folder / f"{env}__seed{slot.cfg.seed}.pt"
+
+    def save(self, slot: RunSlot) -> None:
+        """Write `slot`'s state atomically (a crash mid-write keeps the previous file)."""
+        path, state = self.path(slot), slot.state_dict()
+        if path is None or state is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def restore(self, slot: RunSlot) -> int | None:
+        """Load `slot`'s checkpoint if there is one; returns the agent step it resumed at."""
+        path = self.path(slot)
+        if path is None or not path.exists():
+            return None
+        return slot.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+
+    def remove(self) -> None:
+        """Delete the trial's checkpoints (it ended: nothing will resume it)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class StaleTrial:
+    """A trial whose worker died (heartbeat-stale, or its process gone): end its MLflow runs,
+    queue it again.
+
+    Picklable, so worker processes build it into their storage. `max_retry` counts retries
+    after a crash; a trial stopped by a signal is re-queued regardless (`requeue`).
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: str | None, max_retry: int) -> None:
+        self.tracking_uri, self.artifact_root, self.max_retry = (
+            tracking_uri,
+            artifact_root,
+            max_retry,
+        )
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna's heartbeat callback: `trial` missed its heartbeats and was failed."""
+        worker = trial.user_attrs.get("worker", "an unknown worker")
+        self.handle(study, trial, f"worker {worker} missed its heartbeats")
+
+    def handle(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+        """End the failed `trial`'s MLflow runs with `reason`; queue it again if retries remain."""
+        end_trial_runs(self.tracking_uri, self.artifact_root, trial, "FAILED", reason)
+        retries = len(trial.system_attrs.get("retry_history") or [])
+        if retries < self.max_retry:
+            say(f"trial {trial.number}: {reason}; queued again to resume from its checkpoints")
+        else:
+            say(f"trial {trial.number}: {reason}; not retried ({retries} retries already)")
+        _retry(study, trial, self.max_retry)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue `trial` again (it was stopped by a signal; its checkpoints are kept)."""
+    _retry(study, trial, None)
+
+
+def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int | None) -> None:
+    """Optuna's retry: a WAITING copy of `trial` (params, user attributes, intermediate values)
+    whose system attributes name the trials it retries."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)(study, trial)
+
+
+def end_trial_runs(
+    tracking_uri: str,
+    artifact_root: str | None,
+    trial: optuna.trial.FrozenTrial,
+    status: str,
+    reason: str,
+) -> None:
+    """End a trial's MLflow run and its still-RUNNING seed runs with `status` and `reason`."""
+    from hetero_lr.tracking import PARENT, Tracker, retry
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return
+    tracker = Tracker(tracking_uri, artifact_root=artifact_root)
+    experiment = trial.user_attrs.get("experiment")
+    children = retry(
+        tracker.client.search_runs,
+        [experiment] if experiment else [tracker.client.get_run(run_id).info.experiment_id],
+        filter_string=f"tags.`{PARENT}` = '{run_id}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    for run in children:
+        tracker.end_run(run.info.run_id, status, reason)  # type: ignore[arg-type]
+    if tracker.client.get_run(run_id).info.status == "RUNNING":
+        tracker.set_tags(run_id, {"optuna.trial_state": "FAIL"})
+        tracker.end_run(run_id, status, reason)  # type: ignore[arg-type]
+
+
+def _process_gone(worker: str) -> bool:
+    """True when `host:pid` names a process on this host that no longer exists."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process: only a heartbeat can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_dead_trials(study: optuna.Study, on_dead: StaleTrial) -> list[int]:
+    """Fail the RUNNING trials whose process on this host is gone and hand each to `on_dead`.
+
+    For storages without a heartbeat (the journal file). Returns the trial numbers failed.
+    """
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if not _process_gone(trial.user_attrs.get("worker", "")):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(
+                trial._trial_id, state=optuna.trial.TrialState.FAIL
+            ):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process got there first
+        failed.append(trial.number)
+        reason = f"worker {trial.user_attrs['worker']}'s process is gone"
+        on_dead.handle(study, study._storage.get_trial(trial._trial_id), reason)
+    return failed
