@@ -16,9 +16,11 @@ import numpy as np
 import optuna
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from hetero_lr.scores import normalizer
-from hetero_lr.study.storage import open_storage
+from hetero_lr.study.storage import check_storage_url, open_storage
 from hetero_lr.tracking import ROLE
 
 
@@ -53,7 +55,8 @@ def load_study_data(
         tracking_uri: MLflow tracking URI (default: `sqlite:///RESULTS/mlflow.db`).
 
     Raises:
-        ValueError: no such study, or several and no `study_name`.
+        ValueError: no such study, or several and no `study_name`; a storage or tracking URI
+            that cannot be read, or an MLflow store without the study's experiment.
     """
     folder = Path(results).resolve() if results is not None else None
     if storage is None or tracking_uri is None:
@@ -63,8 +66,12 @@ def load_study_data(
         tracking_uri = tracking_uri or f"sqlite:///{folder / 'mlflow.db'}"
     if "://" not in storage and not Path(storage).exists():
         raise ValueError(f"no Optuna journal at {storage}")
-    optuna_storage = open_storage(storage)
-    names = optuna.get_all_study_names(optuna_storage)
+    check_storage_url(storage)
+    try:
+        optuna_storage = open_storage(storage)
+        names = optuna.get_all_study_names(optuna_storage)
+    except (SQLAlchemyError, OSError) as err:
+        raise ValueError(f"cannot read the Optuna storage {storage}: {_first_line(err)}") from None
     if study_name is None:
         if len(names) != 1:
             raise ValueError(f"pick a study with --study; the storage holds: {', '.join(names)}")
@@ -72,7 +79,7 @@ def load_study_data(
     if study_name not in names:
         raise ValueError(f"no study {study_name!r}; the storage holds: {', '.join(names)}")
     study = optuna.load_study(study_name=study_name, storage=optuna_storage)
-    client = MlflowClient(tracking_uri)
+    client = _open_tracking(tracking_uri, study_name)
     return StudyData(
         study,
         _trials_table(study),
@@ -80,6 +87,43 @@ def load_study_data(
         client,
         _runs_table(client, study_name, "confirm"),
     )
+
+
+def _open_tracking(tracking_uri: str, study_name: str) -> MlflowClient:
+    """A client for the study's MLflow store; refuses a URI that cannot hold the study (and
+    never creates a database where none is)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise ValueError(f"no MLflow database at {path} (--tracking-uri)")
+    try:
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(study_name)
+    except (MlflowException, OSError, SQLAlchemyError) as err:
+        raise ValueError(f"cannot read MLflow at {tracking_uri}: {_first_line(err)}") from None
+    if experiment is None:
+        raise ValueError(f"no MLflow experiment {study_name!r} at {tracking_uri}")
+    return client
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def study_run(data: StudyData) -> str | None:
+    """The id of the study's MLflow run (`hetero_lr.role=study`): the study's
+    `mlflow_study_run_id` user attribute, else the experiment's run with that tag."""
+    run_id = data.study.user_attrs.get("mlflow_study_run_id")
+    if run_id:
+        return str(run_id)
+    experiment = data.client.get_experiment_by_name(data.study.study_name)
+    if experiment is None:
+        return None
+    runs = data.client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{ROLE}` = 'study'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def _trials_table(study: optuna.Study) -> pd.DataFrame:
