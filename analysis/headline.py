@@ -7,8 +7,10 @@ Three sources, in order of preference, all as records in the shape
 
 - **confirmed**: the study ran `confirm: K`; each arm's chosen trial rerun on fresh seeds
   (the study's `confirmation` user attribute);
-- **pre-registered**: no confirmation, but every arm (pairing and baseline) has exactly one
-  complete trial, so nothing was selected and those trials' own runs carry no winner's curse;
+- **pre-registered**: no confirmation, but every arm (pairing and baseline) ran exactly one
+  trial (a retry after a crash counts with the trial it resumes), so nothing was selected and
+  those trials' own runs carry no winner's curse; an arm whose trial failed (e.g. diverged) is
+  listed with its reason, without a score;
 - **search**: otherwise, each pairing's best complete trial on the search's seeds, biased upward
   by the choice (the winner's curse) and labelled as such.
 """
@@ -35,9 +37,9 @@ TITLES: dict[str, str] = {
 NOTES: dict[str, str] = {
     "confirmed": "Each pairing's best trial and each baseline, run again on seeds no search run"
     " used; `selection` is the search score that chose it (biased upward by the choice).",
-    "pre-registered": "The study fixed one setting per arm before it ran and every arm has"
-    " exactly one complete trial: nothing was selected, so these trials' own runs are the"
-    " headline (pre-registered arms: no selection, so no winner's curse).",
+    "pre-registered": "The study fixed one setting per arm before it ran and every arm ran"
+    " exactly one trial: nothing was selected, so these trials' own runs are the headline"
+    " (pre-registered arms: no selection, so no winner's curse).",
     "search": "No confirmation runs: each pairing's best complete trial, scored on the same"
     " seeds that chose it, so its score is biased upward (the winner's curse). Rerun with"
     " `confirm: K` for a headline.",
@@ -70,8 +72,13 @@ class Headline:
 
     @property
     def note(self) -> str:
-        """What the numbers are, in a sentence or two."""
-        return NOTES[self.kind]
+        """What the numbers are, in a sentence or two, and the arms that failed."""
+        failed = [
+            f"{arm} (trial {r['trial']}: {'; '.join(r['failed'])})"
+            for arm, r in sorted(self.records.items())
+            if r["failed"] and not any(r["scores"].values())
+        ]
+        return NOTES[self.kind] + (f" Failed, no score: {', '.join(failed)}." if failed else "")
 
 
 def build_headline(data: StudyData) -> Headline:
@@ -96,14 +103,26 @@ def study_arms(study: optuna.Study) -> set[str]:
 
 
 def preregistered_trials(data: StudyData) -> dict[str, int]:
-    """`{arm: trial}` when every arm has exactly one complete trial (nothing selected), else
-    `{}`."""
+    """`{arm: trial}` when every arm ran exactly one trial to its end (nothing selected), else
+    `{}`. A trial retried after its worker died is replaced by its retry; a trial still
+    running or waiting makes the study unfinished (`{}`)."""
     arms = study_arms(data.study)
-    done = data.trials[data.trials["state"] == "COMPLETE"]
-    counts = done.groupby("pairing")["number"].agg(list).to_dict()
-    if not arms or any(len(counts.get(arm, [])) != 1 for arm in arms):
+    trials = data.study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history") or []}
+    final: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in trials:
+        if t.number not in retried:
+            arm = t.user_attrs.get("pairing") or t.user_attrs.get("baseline")
+            final.setdefault(arm, []).append(t)
+    if not arms or any(len(final.get(arm, [])) != 1 for arm in arms):
         return {}
-    return {arm: int(counts[arm][0]) for arm in arms}
+    chosen = {arm: final[arm][0] for arm in arms}
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    if any(t.state not in ended for t in chosen.values()):
+        return {}
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in chosen.values()):
+        return {}
+    return {arm: t.number for arm, t in chosen.items()}
 
 
 def trial_records(data: StudyData, trials: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -127,12 +146,13 @@ def trial_records(data: StudyData, trials: dict[str, int]) -> dict[str, dict[str
         else:
             runs = data.runs[(data.runs["trial"] == number) & (data.runs["status"] == "FINISHED")]
             per_env = {env: g["score"].dropna().tolist() for env, g in runs.groupby("env")}
+        failed = trial.state == optuna.trial.TrialState.FAIL
         records[arm] = {
             "trial": number,
             "selection": trial.value,
             "seeds": seeds,
-            "scores": per_env,
-            "failed": [],
+            "scores": {} if failed else per_env,
+            "failed": [trial.user_attrs.get("end_reason", "failed")] if failed else [],
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
         }
     return records

@@ -58,11 +58,11 @@ STUDY = {
 }
 
 
-def _run_study(folder, name: str, **spec) -> object:
+def _run_study(folder, name: str, diverges=lambda cfg: False, **spec) -> object:
     (folder / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, **STUDY, **spec}))
     results = folder / name
     argv = ["--study", str(folder / f"{name}.yaml"), "--results", str(results)]
-    assert study_main(argv, run_factory=fake_runs(_score)) == 0
+    assert study_main(argv, run_factory=fake_runs(_score, diverges)) == 0
     return results
 
 
@@ -228,6 +228,20 @@ def test_preregistered_arms_make_the_headline(preregistered):
     learning = curves[curves["figure"] == "learning_curves.png"]
     assert set(learning["series"]) == set(headline.index) and set(learning["seeds"]) == {2}
     assert "setting_curves.png" not in set(curves["figure"])  # one setting per pairing
+
+
+def test_a_preregistered_arm_that_diverged_is_listed_without_a_score(tmp_path):
+    same_arch_lr = lambda cfg: cfg.pair == "minatar:minatar" and cfg.target.rule == "replicate"  # noqa: E731
+    results = _run_study(
+        tmp_path, "fixed", same_arch_lr, baselines=["minatar"], space={"kr": [1], "kl": [4]}
+    )
+    out = tmp_path / "report"
+    assert report_main(["--results", str(results), "--out", str(out), "--reps", "500"]) == 0
+    report = (out / "report.md").read_text()
+    assert "pre-registered arms: no selection" in report.lower()  # a failure selects nothing
+    assert "Failed, no score: minatar:minatar (trial" in report and "mean |Q|" in report
+    headline = pd.read_csv(out / "headline.csv").set_index("arm")
+    assert set(headline.index) == {"minatar:mlp", "minatar:minatar@hardcopy"}
 
 
 @pytest.mark.parametrize(
