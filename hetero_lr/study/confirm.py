@@ -123,9 +123,10 @@ def run_confirmation(
                     slot.end("FAILED", f"{type(err).__name__}: {err}")
                     failed.append(f"{env_id} seed {seed}: {err}")
                     continue
-                except BaseException as err:
-                    slot.end("FAILED", f"{type(err).__name__}: {err}")
-                    tracker.end_run(parent, "FAILED", f"{type(err).__name__}: {err}")
+                except BaseException as err:  # a stop signal ends the runs KILLED
+                    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+                    slot.end(status, f"{type(err).__name__}: {err}")
+                    tracker.end_run(parent, status, f"{type(err).__name__}: {err}")
                     raise
                 scores[env_id].append(slot.finish(spec.last_evals))
         pooled = [s for env_scores in scores.values() for s in env_scores]
