@@ -39,11 +39,15 @@ def learning_curves(
     panel per value of the `panel` column if given."""
     panels = sorted(bands[panel].unique()) if panel else [None]
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False, sharey=True
+        1,
+        len(panels),
+        figsize=(6.5 * len(panels), 4.5),
+        squeeze=False,
+        sharey=panel != "env",  # games score on their own scales
     )
+    label_column = next(c for c in ("setting", "pairing", "series") if c in bands and c != panel)
     for ax, name in zip(axes[0], panels, strict=True):
         sub = bands if name is None else bands[bands[panel] == name]
-        label_column = "setting" if panel and "setting" in sub else "series"
         for label, series in sub.groupby(label_column, sort=True):
             (line,) = ax.plot(series["step"], series["mean"], label=label)
             ax.fill_between(

@@ -478,13 +478,20 @@ def _curve_sections(
     }[headline.kind]
     for name, key, ylabel, log, title in CURVES:
         curves = load_curves(data, headline.trials, key=key, confirmed=headline.confirmed)
-        bands = curve_bands(curves, by="pairing", confidence=confidence)
+        # Games score on different scales: one panel per environment when there are several.
+        per_env = curves["env"].nunique() > 1 if not curves.empty else False
+        by, panel = (["env", "pairing"], "env") if per_env else ("pairing", None)
+        bands = curve_bands(curves, by=by, confidence=confidence)
         if bands.empty:
             continue
         bands_all.append(bands.assign(metric=key, figure=name))
-        fig = w.figure(name, plots.learning_curves(bands, ylabel=ylabel.format(unit=unit), log=log))
+        fig = w.figure(
+            name,
+            plots.learning_curves(bands, ylabel=ylabel.format(unit=unit), log=log, panel=panel),
+        )
         band = f"mean over {what} with a {confidence:.0%} bootstrap band over seeds"
-        seeds = bands.groupby("series")["seeds"].max()
+        band += ", one panel per environment" if per_env else ""
+        seeds = bands.groupby("pairing")["seeds"].max()
         counts = ", ".join(f"{s}: {n} seeds" for s, n in seeds.items())
         sections.append(Section(f"{title} ({band})", [f"Per arm: {counts}."], figures=[fig]))
     per_setting = setting_curves(data)

@@ -340,3 +340,25 @@ def test_report_names_the_implementation_and_falls_back_to_numpy(
         assert tuple(table.loc[(arm, "iqm"), ["estimate", "low", "high"]]) == pytest.approx(
             expected
         )
+
+
+def test_curves_of_several_games_get_a_panel_each_on_their_own_scale():
+    from analysis import plots
+    from analysis.curves import curve_bands
+
+    rows = [
+        {"pairing": arm, "env": env, "seed": seed, "step": step, "score": scale * step + seed}
+        for arm in ("a:a@hardcopy", "a:b")
+        for env, scale in (("Breakout", 1.0), ("SpaceInvaders", 10.0))
+        for seed in (0, 1)
+        for step in (1, 2)
+    ]
+    bands = curve_bands(pd.DataFrame(rows), by=["env", "pairing"], reps=200)
+    assert len(bands) == 2 * 2 * 2 and set(bands["seeds"]) == {2}
+    got = bands.set_index(["env", "pairing", "step"])["mean"]
+    assert got[("SpaceInvaders", "a:b", 2)] == pytest.approx(20.5)  # 10 * 2 + mean seed 0.5
+    fig = plots.learning_curves(bands, ylabel="return", panel="env")
+    left, right = fig.axes
+    assert [left.get_title(), right.get_title()] == ["Breakout", "SpaceInvaders"]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["a:a@hardcopy", "a:b"]
+    assert right.get_ylim()[1] > 5 * left.get_ylim()[1]  # not one shared scale

@@ -196,6 +196,7 @@ def test_pruned_and_failed_trials_end_their_runs_and_the_study_goes_on(tmp_path,
     assert pruned.data.tags[END_REASON].startswith("pruned by median at evaluation 1")
     assert failed.info.status == "FAILED" and failed.data.tags["optuna.trial_state"] == "FAIL"
     assert "diverged" in failed.data.tags[END_REASON]
+    assert re.search(r"CartPole-v1 seed \d+: diverged", failed.data.tags[END_REASON])  # which run
     assert trial_runs[("1", "20")].info.status == "FINISHED"
     for trial_run in (pruned, failed):
         (seed_run,) = [

@@ -140,6 +140,7 @@ class RunSlot:
         two when a stop was requested (the run is then at a clean step: it can be saved). A
         step this slot evaluated before a resume returns the recorded score.
         """
+        from hetero_lr.agent import DivergenceError
         from hetero_lr.study.recovery import CHUNK, check_stop
 
         assert self.run is not None, "RunSlot.advance before start"
@@ -147,7 +148,10 @@ class RunSlot:
             return self.scores[self.steps.index(step)]
         while self.run.step < step:
             check_stop()
-            self.run.run_until(min(step, self.run.step + CHUNK))
+            try:
+                self.run.run_until(min(step, self.run.step + CHUNK))
+            except DivergenceError as err:  # say which of a trial's runs it was
+                raise DivergenceError(f"{self.cfg.env.id} seed {self.cfg.seed}: {err}") from None
         score = self.transform(self.run.evaluate())
         self.steps.append(step)
         self.scores.append(score)
