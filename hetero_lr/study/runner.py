@@ -265,11 +265,13 @@ def _open(settings: StudySettings) -> optuna.storages.BaseStorage:
     """The study's storage; a database one with Optuna's heartbeat when `settings.heartbeat`."""
     if not settings.heartbeat or not uses_heartbeat(settings.storage):
         return open_storage(settings.storage)
-    return open_storage(
-        settings.storage,
-        heartbeat_interval=settings.heartbeat,  # grace period: Optuna's default, 2 intervals
-        heartbeat_stale_trial_callback=_on_dead(settings),
-    )
+    with warnings.catch_warnings():  # Optuna marks the heartbeat arguments experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return open_storage(
+            settings.storage,
+            heartbeat_interval=settings.heartbeat,  # grace period: Optuna's default, 2 beats
+            heartbeat_stale_trial_callback=_on_dead(settings),
+        )
 
 
 def uses_heartbeat(storage: str) -> bool:
