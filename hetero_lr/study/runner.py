@@ -291,8 +291,8 @@ def _recover(study: optuna.Study, settings: StudySettings) -> list[int]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     recover_dead_trials(study, _on_dead(settings))
-    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    return sorted(before - after)
+    failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    return sorted(before & failed)  # not those another worker finished meanwhile
 
 
 def _enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
@@ -300,14 +300,16 @@ def _enqueue_grid(study: optuna.Study, spec: StudySpec) -> int:
 
     Each point is its own enqueued trial, so parallel workers each take a different one (an
     enqueued trial is claimed atomically by the storage); left to `GridSampler`, workers
-    starting together can draw the same point. Points still WAITING (queued by an interrupted
-    invocation, or a retry) count as taken.
+    starting together can draw the same point. Every point already in the study counts as
+    taken: a WAITING one (queued by an interrupted invocation, or a retry) runs anyway, and a
+    FAIL one failed for a reason a rerun with the same seeds would meet again (a trial stopped
+    by a signal or whose worker died is queued again by `recovery`, not here).
     """
     grid = spec.grid()
     keys = list(grid)
     taken = set()
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.FAIL or "baseline" in t.user_attrs:
+        if "baseline" in t.user_attrs:
             continue
         values = t.params or t.system_attrs.get("fixed_params", {})
         if all(k in values for k in keys):
