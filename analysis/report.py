@@ -11,7 +11,7 @@ tagged `hetero_lr.role=study`, under `report/`), so the page opens from the MLfl
 - `headline.csv` (and `confirmed_scores.csv|md` when confirmed): per arm, the IQM of the runs
   the headline rests on with a 95% stratified-bootstrap interval and the IQM difference to its
   online family's HardCopy baseline with an interval; the runs are the confirmation runs
-  (`confirm: K`), else those of pre-registered arms (one complete trial per arm, nothing
+  (`confirm: K`), else those of pre-registered arms (one trial per arm, nothing
   selected), else each pairing's best search trial (labelled as biased by the selection);
 - `pairing_matrix.csv|png`: online family (rows) x target family (columns) of the same numbers,
   HardCopy baselines on the diagonal;
