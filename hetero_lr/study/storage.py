@@ -404,11 +404,16 @@ def make_sampler(spec: StudySpec, *, worker: int, n_existing: int) -> optuna.sam
         # point, and its `after_trial` fails on trials it did not assign.
         return optuna.samplers.RandomSampler(seed=seed)
     # `group=True`: baseline trials sample nothing, and pairings may get conditional
-    # dimensions; grouped multivariate TPE models each set of co-occurring parameters. Both
-    # options are marked experimental, which every worker process would print.
+    # dimensions; grouped multivariate TPE models each set of co-occurring parameters.
+    # `constant_liar=True`: once past its random start-up trials, TPE counts running trials as
+    # bad results, so parallel workers do not propose the point another worker is running
+    # (Optuna's advice for distributed TPE). The three options are marked experimental, which
+    # every worker process would print.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True
+        )
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
