@@ -37,28 +37,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # services.py: throwaway PostgreSQL and mlflow server
+from tiny_configs import TINY_STUDY  # noqa: E402  (the test suite's tiny CartPole study)
 
-TINY = {
-    "name": "scale",
-    "config": {
-        "env": {"id": "CartPole-v1", "num_envs": 1},
-        "steps": 300,
-        "eval_every": 100,
-        "eval_episodes": 1,
-        "eval_max_steps": 100,
-        "checkpoint_every": 0,
-        "threads": 1,
-        "online_options": {"hidden": [32]},
-        "target_options": {"hidden": [32]},
-        "agent": {"learning_starts": 100, "batch_size": 16, "buffer_size": 1000, "train_freq": 2},
-    },
-    "pairings": ["mlp:mlp"],
-    "space": {"kr": [1, 2], "kl": {"int": [1, 8], "log": True}},
-    "seeds": 1,
-    "sampler": "random",
-    "pruner": "none",
-    "objective": {"last_evals": 2},
-}
+TINY = {**TINY_STUDY, "name": "scale", "seeds": 1, "pruner": "none"}
 
 
 class FakeRun:

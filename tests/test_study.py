@@ -15,6 +15,7 @@ import pytest
 import yaml
 from fake_runs import fake_runs
 from mlflow import MlflowClient
+from tiny_configs import TINY_STUDY as TINY
 from tiny_configs import tiny
 
 from hetero_lr.scores import ATARI_100K_GAMES, human_normalized, normalizer
@@ -25,31 +26,6 @@ from hetero_lr.study.storage import check_storage_url
 from hetero_lr.tracking import END_REASON, ROLE
 
 REPO = Path(__file__).resolve().parents[1]
-
-# CartPole with tiny MLPs: a real run takes about a second on one CPU thread.
-TINY = {
-    "name": "tiny",
-    "config": {
-        "env": {"id": "CartPole-v1", "num_envs": 1},
-        "steps": 300,
-        "eval_every": 100,
-        "eval_episodes": 1,
-        "eval_max_steps": 100,
-        "checkpoint_every": 0,
-        "threads": 1,
-        "online_options": {"hidden": [32]},
-        "target_options": {"hidden": [32]},
-        "agent": {"learning_starts": 100, "batch_size": 16, "buffer_size": 1000, "train_freq": 2},
-    },
-    "pairings": ["mlp:mlp"],
-    "space": {"kr": [1, 2], "kl": {"int": [1, 8], "log": True}},
-    "seeds": 2,
-    "trials": 2,
-    "sampler": "random",
-    "pruner": "median",
-    "pruning": {"min_evals": 2, "startup_trials": 10, "min_trials": 2, "patience": 0},
-    "objective": {"last_evals": 2},
-}
 
 
 def write_study(folder: Path, **changes) -> Path:
