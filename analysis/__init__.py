@@ -1,12 +1,13 @@
 """Turn a study's Optuna storage and MLflow runs into the tables and figures of a paper.
 
     python -m analysis.report --study NAME --results results/ --out report/
+    python -m analysis.compare --study A --study B --results results/ --out comparison/
 
 Modules: `load` (Optuna + MLflow -> pandas), `stats` (IQM and stratified-bootstrap intervals,
 rliable's method), `aggregate` (rliable's aggregate metrics and performance profiles),
 `headline` (the runs the report leads with, the pairing matrix), `curves` (means and bands by
 step), `plots` (matplotlib figures), `page` (Markdown and self-contained HTML), `report` (the
-command line).
+command line), `compare` (the arms of several studies in one table).
 """
 
 from analysis.load import StudyData, best_trials, load_curves, load_study_data

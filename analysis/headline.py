@@ -102,10 +102,11 @@ def study_arms(study: optuna.Study) -> set[str]:
     return arms
 
 
-def preregistered_trials(data: StudyData) -> dict[str, int]:
+def preregistered_trials(data: StudyData, *, all_failed: bool = False) -> dict[str, int]:
     """`{arm: trial}` when every arm ran exactly one trial to its end (nothing selected), else
     `{}`. A trial retried after its worker died is replaced by its retry; a trial still
-    running or waiting makes the study unfinished (`{}`)."""
+    running or waiting makes the study unfinished (`{}`). A study whose every arm failed has
+    nothing to lead a report with (`{}`) unless `all_failed`."""
     arms = study_arms(data.study)
     trials = data.study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history") or []}
@@ -120,7 +121,9 @@ def preregistered_trials(data: StudyData) -> dict[str, int]:
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
     if any(t.state not in ended for t in chosen.values()):
         return {}
-    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in chosen.values()):
+    if not all_failed and not any(
+        t.state == optuna.trial.TrialState.COMPLETE for t in chosen.values()
+    ):
         return {}
     return {arm: t.number for arm, t in chosen.items()}
 
