@@ -33,6 +33,9 @@ from hetero_lr.study.summary import confirmation_table
 SETTINGS = ("target.rule", "target.kr", "target.kl", "target.lr", "target.period", "target.tau")
 """Trial settings shown per arm when they differ between arms (or name the rule)."""
 
+TRAIN_EPISODES = 100
+"""Training episodes averaged per run for the `train last100` columns (Young & Tian's window)."""
+
 CURVES = [
     ("learning_curves.png", "eval/return_mean", "mean evaluation return", False),
     ("gap_curves.png", "gap/function", "function gap (online vs target)", True),
@@ -147,6 +150,11 @@ def comparison_table(comparison: Comparison, *, confidence: float = 0.95) -> pd.
             _mean(comparison.records[arm]["scores"].get(env, [])) for arm in table["arm"]
         ]
     table["mlflow_run_id"] = [comparison.records[a]["mlflow_run_id"] for a in table["arm"]]
+    summaries = run_summaries(comparison)
+    for env in comparison.envs:
+        column = summaries[summaries["env"] == env].groupby("arm")["train_return"].mean()
+        table[f"train last{TRAIN_EPISODES} {env}"] = table["arm"].map(column)
+    table["max mean|Q|"] = table["arm"].map(summaries.groupby("arm")["max_abs_q"].max())
     table = arm_settings(comparison).merge(table, on="arm", how="right")
     if table["selection"].isna().all():
         table = table.drop(columns="selection")
@@ -163,6 +171,31 @@ def comparison_runs(comparison: Comparison) -> pd.DataFrame:
         h.runs.assign(study=name) for name, (_, h) in comparison.studies.items() if len(h.runs)
     ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def run_summaries(comparison: Comparison, last: int = TRAIN_EPISODES) -> pd.DataFrame:
+    """Per finished headline run: `train_return`, the mean raw return of its last `last`
+    training episodes (`charts/episodic_return`, epsilon-greedy), the measure Young & Tian
+    (2019) plot for MinAtar ("moving average of returns over 100 episodes"; MinAtar README),
+    and `max_abs_q`, the largest mean |Q| it logged (`q/online_abs_mean`, what
+    `agent.divergence_q` bounds); NaN where a run logged none."""
+    runs = comparison_runs(comparison)
+    rows = []
+    for run in runs[runs["status"] == "FINISHED"].itertuples() if len(runs) else ():
+        client = comparison.studies[run.study][0].client
+        episodes = client.get_metric_history(run.run_id, "charts/episodic_return")
+        episodes = sorted(episodes, key=lambda m: (m.step, m.timestamp))[-last:]
+        q = [m.value for m in client.get_metric_history(run.run_id, "q/online_abs_mean")]
+        rows.append(
+            {
+                "arm": run.arm,
+                "env": run.env,
+                "seed": run.seed,
+                "train_return": _mean([m.value for m in episodes]),
+                "max_abs_q": max(q) if q else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows, columns=["arm", "env", "seed", "train_return", "max_abs_q"])
 
 
 def comparison_curves(comparison: Comparison, key: str) -> pd.DataFrame:

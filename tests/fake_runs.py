@@ -27,7 +27,16 @@ class FakeRun:
             raise DivergenceError("diverged: mean |Q| 1.26e+03 > 200")
         self.step = min(step, self.cfg.steps)
         self.logger.log_metrics(
-            {"loss/td": 1.0 / self.step, "gap/function": 2.0 / self.step}, self.step
+            {
+                "loss/td": 1.0 / self.step,
+                "gap/function": 2.0 / self.step,
+                "q/online_abs_mean": self.step / self.cfg.steps,
+            },
+            self.step,
+        )
+        # One training episode per call, scoring half the evaluation score at this step.
+        self.logger.log_metrics(
+            {"charts/episodic_return": self.score(self.cfg, self.step) / 2}, self.step
         )
 
     def evaluate(self) -> float:

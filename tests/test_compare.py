@@ -98,6 +98,11 @@ def test_arms_of_two_studies_share_one_table_and_one_baseline(two_studies, capsy
         assert table.loc[arm, "runs"] == 3
         assert table.loc[arm, "iqm"] == pytest.approx(stats.trim_mean(scores, 0.25))
         assert table.loc[arm, "mean MinAtar/Breakout-v1"] == pytest.approx(sum(scores) / 3)
+        # Two scripted training episodes per run, at steps 100 and 200: half the evaluation
+        # score there, so their mean is 3/8 of the final score.
+        train = table.loc[arm, "train last100 MinAtar/Breakout-v1"]
+        assert train == pytest.approx(sum(scores) / 3 * 3 / 8)
+        assert table.loc[arm, "max mean|Q|"] == pytest.approx(1.0)  # step / steps at the end
     # The slow study has no baseline of its own: its arm is compared with the fast study's.
     diff, low, high = difference_ci([expected["minatar:minatar"]], [hardcopy], iqm)
     row = table.loc["minatar:minatar"]
