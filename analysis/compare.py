@@ -154,7 +154,7 @@ def comparison_table(comparison: Comparison, *, confidence: float = 0.95) -> pd.
     for env in comparison.envs:
         column = summaries[summaries["env"] == env].groupby("arm")["train_return"].mean()
         table[f"train last{TRAIN_EPISODES} {env}"] = table["arm"].map(column)
-    table["max mean|Q|"] = table["arm"].map(summaries.groupby("arm")["max_abs_q"].max())
+    table["max mean abs Q"] = table["arm"].map(summaries.groupby("arm")["max_abs_q"].max())
     table = arm_settings(comparison).merge(table, on="arm", how="right")
     if table["selection"].isna().all():
         table = table.drop(columns="selection")

@@ -102,7 +102,7 @@ def test_arms_of_two_studies_share_one_table_and_one_baseline(two_studies, capsy
         # score there, so their mean is 3/8 of the final score.
         train = table.loc[arm, "train last100 MinAtar/Breakout-v1"]
         assert train == pytest.approx(sum(scores) / 3 * 3 / 8)
-        assert table.loc[arm, "max mean|Q|"] == pytest.approx(1.0)  # step / steps at the end
+        assert table.loc[arm, "max mean abs Q"] == pytest.approx(1.0)  # step / steps at the end
     # The slow study has no baseline of its own: its arm is compared with the fast study's.
     diff, low, high = difference_ci([expected["minatar:minatar"]], [hardcopy], iqm)
     row = table.loc["minatar:minatar"]
