@@ -105,11 +105,16 @@ def _study_envs(data: StudyData) -> set[str]:
 
 def arm_settings(comparison: Comparison) -> pd.DataFrame:
     """One row per arm: its study, kind and the `SETTINGS` its trial ran with."""
+    trials = {
+        (name, t.number): t
+        for name, (data, _) in comparison.studies.items()
+        for t in data.study.get_trials(deepcopy=False)
+    }
     rows = []
     for arm, record in sorted(comparison.records.items()):
         data, headline = comparison.studies[comparison.study_of[arm]]
-        trials = {t.number: t for t in data.study.get_trials(deepcopy=False)}
-        config = trials[int(record["trial"])].user_attrs.get("config", {})
+        trial = trials[(comparison.study_of[arm], int(record["trial"]))]
+        config = trial.user_attrs.get("config", {})
         row = {"arm": arm, "study": data.study.study_name, "kind": headline.kind}
         rule = config.get("target.rule", "")
         for key in SETTINGS:
