@@ -322,6 +322,10 @@ class ReplayMemory:
         if not self._running.all():
             idle = np.flatnonzero(~self._running).tolist()
             raise RuntimeError(f"lanes {idle} have no running episode: call start_episodes first")
+        if n == 1:
+            action, reward = int(actions[0]), float(rewards[0])
+            self._add_one(action, reward, bool(terminated[0]), bool(done[0]), next_obs[0])
+            return
         start = self._flat(self._newest, self._lanes)
         self._actions[start] = actions
         self._rewards[start] = rewards
@@ -337,6 +341,44 @@ class ReplayMemory:
         ended = done[:, None] & (self._horizon_range <= steps)
         self._complete(self._lanes, full | ended, terminated)
         self._running &= ~done
+
+    def _add_one(
+        self, action: int, reward: float, terminated: bool, done: bool, next_obs: np.ndarray
+    ) -> None:
+        """`add` for a single lane in Python scalars: the same writes, in the same order, at a
+        fraction of the numpy calls (it runs at every agent step of a one-environment run)."""
+        rows, stack = self.rows_per_lane, self.frame_stack
+        newest = int(self._newest[0])
+        start = newest % rows
+        self._actions[start] = action
+        self._rewards[start] = reward
+        row = newest + 1
+        self._frames[row % rows] = next_obs[-1] if stack > 1 else next_obs
+        expired = (row + stack - 1) % rows
+        if self._valid[expired]:
+            self._valid[expired] = False
+            self._num_valid -= 1
+            if self._tree is not None:
+                self._tree.set(np.array([expired]), 0.0)
+        self._newest[0] = row
+        steps = int(self._steps[0]) + 1
+        self._steps[0] = steps
+        if self.n_step == 1:  # the transition at `start` completes now, its return the reward
+            self._returns[start] = self._rewards[start]
+            self._horizons[start] = 1
+            self._discounts[start] = 0.0 if terminated else self.gamma
+            self._valid[start] = True
+            self._num_valid += 1
+            if self._tree is not None:
+                self._tree.set(np.array([start]), self._max_priority)
+        else:
+            horizons = self._horizon_range
+            ready = ((horizons == self.n_step) & (steps >= self.n_step)) | (
+                done & (horizons <= steps)
+            )
+            self._complete(self._lanes, ready[None], np.array([terminated]))
+        if done:
+            self._running[0] = False
 
     def sample(
         self,
@@ -474,6 +516,9 @@ class ReplayMemory:
 
     def _stacks(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The frame stacks of `obs` and `next_obs` of the transitions at `indices`."""
+        if self.num_lanes == 1 and self.frame_stack == 1:  # the flat index is the row
+            next_rows = (indices + self._horizons[indices]) % self.rows_per_lane
+            return self._frames[indices], self._frames[next_rows]
         rows, lanes = np.divmod(indices, self.num_lanes)
         next_rows = rows + self._horizons[indices]
         if self.frame_stack == 1:  # one frame per row: the index is the obs row (fewer steps)
@@ -494,7 +539,8 @@ class ReplayMemory:
         while len(indices) < batch_size:
             need = batch_size - len(indices)
             draws = rng.integers(0, written, int(1.25 * need * written / self._num_valid) + 8)
-            indices = np.concatenate([indices, draws[self._valid[draws]][:need]])
+            kept = draws[self._valid[draws]][:need]
+            indices = np.concatenate([indices, kept]) if len(indices) else kept
         return indices
 
     def _flat(self, rows: np.ndarray, lanes: np.ndarray) -> np.ndarray:

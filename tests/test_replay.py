@@ -205,11 +205,16 @@ def check_against_reference(kind: str, mem: ReplayMemory, ref: Reference) -> Non
     assert seen == set(expected) and len(seen) == len(first)
 
 
+@pytest.mark.parametrize("lanes", [3, 1], ids=["3-lanes", "1-lane"])  # 1: the scalar add path
 @pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
 @pytest.mark.parametrize("n_step", [1, 3])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_matches_reference_through_wraparound(kind: str, n_step: int, prioritized: bool) -> None:
-    mem = make_memory(kind, n_step=n_step, prioritized=prioritized)
+def test_matches_reference_through_wraparound(
+    kind: str, n_step: int, prioritized: bool, lanes: int
+) -> None:
+    mem = make_memory(
+        kind, n_step=n_step, prioritized=prioritized, num_lanes=lanes, capacity=10 * lanes
+    )
     stream = Stream(kind, mem, seed=n_step, restart_prob=0.03)
     for t in range(240):  # about 10 times each lane's ring
         stream.step()

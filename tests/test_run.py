@@ -26,6 +26,7 @@ VARIANTS = {
         "target_options": {},
         "env": {"id": "MinAtar/Breakout-v1", "num_envs": 1, "sticky_actions": 0.1},
         "target": {"rule": "polyak", "tau": 0.05},
+        "agent": {"optimizer": "rmsprop"},  # its averages are in the checkpoint too
         "steps": 500,
     },
 }

@@ -53,6 +53,28 @@ def test_td_step_matches_the_bellman_target():
     assert priorities.shape == (8,) and (priorities >= 0).all()
 
 
+def test_rmsprop_step_is_young_and_tians_centred_rmsprop():
+    """`agent.optimizer=rmsprop`: centred RMSProp, squared-gradient decay 0.95, the eps added
+    to the root (MinAtar `examples/dqn.py`), computed here by hand for the first step."""
+    agent_cfg = {"optimizer": "rmsprop", "lr": 0.1, "loss": "mse", "max_grad_norm": None}
+    agent = _agent(tiny(agent=agent_cfg))
+    assert isinstance(agent.optimizer, torch.optim.RMSprop)
+    batch = _batch()
+    with torch.no_grad():
+        bootstrap = agent.pair.target(batch.next_obs).max(1).values
+    q = agent.pair.online(batch.obs)[torch.arange(8), batch.actions]
+    loss = (q - (batch.rewards + batch.discounts * bootstrap)).square().mean()
+    params = list(agent.pair.online.parameters())
+    grads = torch.autograd.grad(loss, params)
+    before = [p.detach().clone() for p in params]
+    agent.update(batch)
+    alpha, eps = 0.95, 0.01
+    for p, p0, g in zip(params, before, grads, strict=True):
+        square_avg, grad_avg = (1 - alpha) * g.square(), (1 - alpha) * g
+        step = g / ((square_avg - grad_avg.square()).sqrt() + eps)  # momentum buffer: step
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * step, rtol=1e-5, atol=1e-6)
+
+
 def test_categorical_step_gives_finite_loss_and_priorities():
     cfg = from_dict(TrainConfig, {"agent": {"categorical": True, "num_atoms": 11}}, base=tiny())
     agent = _agent(cfg)
