@@ -28,6 +28,13 @@ SUPPORTED = (
 )
 
 
+# Read-only arrays shared by every one-lane step: lanes ended (none, lane 0) and flags by value.
+_NO_LANES, _LANE_0 = np.zeros(0, np.int64), np.zeros(1, np.int64)
+_FLAG = (np.zeros(1, bool), np.ones(1, bool))
+for _shared in (_NO_LANES, _LANE_0, *_FLAG):
+    _shared.flags.writeable = False
+
+
 @dataclass
 class EnvStep:
     """The result of one `VecEnv.step` over all lanes."""
@@ -44,6 +51,8 @@ class EnvStep:
     """(N,) bool episode cut by the time limit."""
     episode_returns: list[tuple[int, float, int]]
     """(lane, raw whole-game score, agent steps) for every game that ended this step."""
+    ended: np.ndarray
+    """(k,) int64 lanes whose episode ended this step (terminated or truncated), ascending."""
 
 
 class GymLanes:
@@ -88,6 +97,17 @@ class GymLanes:
             {"final_obs": final_obs},
         )
 
+    def step_one(self, action: int) -> tuple[np.ndarray, float, bool, bool, np.ndarray | None]:
+        """`step` of a single lane in Python scalars: `(obs[None], reward, terminated,
+        truncated, final_obs[None] or None)`, from the same calls as `step`."""
+        (env,) = self.envs
+        obs, reward, terminated, truncated, _ = env.step(action)
+        final_obs = None
+        if terminated or truncated:
+            final_obs = np.asarray(obs, self._dtype)[None]
+            obs, _ = env.reset()
+        return np.asarray(obs, self._dtype)[None], float(reward), terminated, truncated, final_obs
+
     def close(self) -> None:
         for env in self.envs:
             env.close()
@@ -130,6 +150,9 @@ class VecEnv:
         self._returns = np.zeros(self.num_envs, np.float64)
         self._lengths = np.zeros(self.num_envs, np.int64)
         self._lives = np.zeros(self.num_envs, np.int64)
+        # One gymnasium lane (MinAtar, classic control) steps in Python scalars: at a few
+        # microseconds a game step, numpy's per-call cost over 1-element arrays dominated.
+        self._one_lane = isinstance(env, GymLanes) and env.num_envs == 1 and not life_loss_terminal
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start a new game in every lane and return the (N, *obs_shape) observations.
@@ -188,6 +211,8 @@ class VecEnv:
 
     def step(self, actions: np.ndarray) -> EnvStep:
         """Apply one action per lane; lanes whose game ended restart in the same step."""
+        if self._one_lane:
+            return self._step_one(int(actions[0]))
         obs, rewards, terminated, truncated, info = self._env.step(
             np.asarray(actions, dtype=np.int64)
         )
@@ -222,6 +247,30 @@ class VecEnv:
             terminated=terminated,
             truncated=np.asarray(truncated, dtype=bool),
             episode_returns=episodes,
+            ended=ended,
+        )
+
+    def _step_one(self, action: int) -> EnvStep:
+        """`step` for one gymnasium lane: the same games and numbers, in scalars."""
+        obs, reward, terminated, truncated, final_obs = self._env.step_one(action)  # type: ignore[union-attr]
+        rewards = np.array([reward], np.float32)
+        self._returns[0] += rewards[0]
+        self._lengths[0] += 1
+        episodes, ended = [], _NO_LANES
+        if final_obs is not None:
+            episodes = [(0, float(self._returns[0]), int(self._lengths[0]))]
+            ended = _LANE_0
+            self._returns[0] = 0.0
+            self._lengths[0] = 0
+        next_obs = self._transform(obs)
+        return EnvStep(
+            obs=next_obs,
+            final_obs=next_obs if final_obs is None else self._transform(final_obs),
+            rewards=rewards,
+            terminated=_FLAG[bool(terminated)],
+            truncated=_FLAG[bool(truncated)],
+            episode_returns=episodes,
+            ended=ended,
         )
 
     def close(self) -> None:

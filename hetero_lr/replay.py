@@ -142,6 +142,11 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _shape(x: Any) -> tuple[int, ...]:
+    """`np.shape`, without its Python-level dispatch for arrays (`add` runs at every step)."""
+    return x.shape if isinstance(x, np.ndarray) else np.shape(x)
+
+
 class ReplayMemory:
     """Circular replay memory over synchronous environment lanes (storage rules: module docstring).
 
@@ -312,14 +317,14 @@ class ReplayMemory:
         next_obs = np.asarray(next_obs)
         n = self.num_lanes
         _require(
-            np.shape(actions) == (n,) == np.shape(rewards) == done.shape == terminated.shape,
+            _shape(actions) == (n,) == _shape(rewards) == done.shape == terminated.shape,
             f"actions, rewards, terminated and truncated must have shape ({n},)",
         )
         _require(
             next_obs.shape == (n, *self.obs_shape),
             f"next_obs must have shape {(n, *self.obs_shape)}, got {next_obs.shape}",
         )
-        if not self._running.all():
+        if not (self._running[0] if n == 1 else self._running.all()):
             idle = np.flatnonzero(~self._running).tolist()
             raise RuntimeError(f"lanes {idle} have no running episode: call start_episodes first")
         if n == 1:
@@ -534,14 +539,18 @@ class ReplayMemory:
         Dopamine's `sample_index_batch` retries invalid draws the same way. Each round draws a
         quarter more than the valid fraction says it needs, so one round almost always does.
         """
-        written = min(int(self._newest.max()) + 1, self.rows_per_lane) * self.num_lanes
-        indices = np.empty(0, np.int64)
+        newest = int(self._newest[0] if self.num_lanes == 1 else self._newest.max())
+        written = min(newest + 1, self.rows_per_lane) * self.num_lanes
+        indices = self._draw_valid(batch_size, written, rng)
         while len(indices) < batch_size:
-            need = batch_size - len(indices)
-            draws = rng.integers(0, written, int(1.25 * need * written / self._num_valid) + 8)
-            kept = draws[self._valid[draws]][:need]
-            indices = np.concatenate([indices, kept]) if len(indices) else kept
+            more = self._draw_valid(batch_size - len(indices), written, rng)
+            indices = np.concatenate([indices, more])
         return indices
+
+    def _draw_valid(self, need: int, written: int, rng: np.random.Generator) -> np.ndarray:
+        """Up to `need` valid flat indices from one round of draws over the written rows."""
+        draws = rng.integers(0, written, int(1.25 * need * written / self._num_valid) + 8)
+        return draws[self._valid[draws]][:need]
 
     def _flat(self, rows: np.ndarray, lanes: np.ndarray) -> np.ndarray:
         """Flat storage index of absolute per-lane `rows` (any integer, wrapped into the ring)."""

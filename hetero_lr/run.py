@@ -196,9 +196,8 @@ class TrainingRun:
             result = envs.step(actions)
             rewards = _clip(result.rewards) if cfg.env.clip_rewards else result.rewards
             replay.add(actions, rewards, result.terminated, result.truncated, result.final_obs)
-            ended = np.flatnonzero(result.terminated | result.truncated)
-            if ended.size:
-                replay.start_episodes(ended, result.obs[ended])
+            if result.ended.size:
+                replay.start_episodes(result.ended, result.obs[result.ended])
             self._obs = result.obs
             self.step += envs.num_envs
             for _, score, length in result.episode_returns:

@@ -256,9 +256,16 @@ class Tracker:
         )
         if runs:
             run_id = runs[0].info.run_id
-            retry(self.client.update_run, run_id, status="RUNNING")
+            self.reopen(run_id)
             return run_id
         return self.start_run(experiment_id, name=name, role="study")
+
+    def reopen(self, run_id: str) -> None:
+        """Mark an ended run RUNNING again, without its end reason: a resumed study (or
+        confirmation) goes on in it."""
+        retry(self.client.update_run, run_id, status="RUNNING")
+        if END_REASON in retry(self.client.get_run, run_id).data.tags:
+            retry(self.client.delete_tag, run_id, END_REASON)
 
     def start_run(
         self,

@@ -92,6 +92,28 @@ def test_minatar_channel_first_bool() -> None:
     env.close()
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "MinAtar/Breakout-v1", "MinAtar/Asterix-v1"])
+def test_one_lane_path_steps_as_the_lane_loop(env_id: str) -> None:
+    # A one-lane gymnasium env steps in Python scalars; the lane loop is the reference.
+    cfg = EnvConfig(id=env_id, num_envs=1, sticky_actions=0.1, max_episode_frames=40)
+    fast, loop = make_env(cfg, seed=3), make_env(cfg, seed=3)
+    assert fast._one_lane
+    loop._one_lane = False
+    fast_steps, fast_first = _rollout(fast, 300, seed=1)
+    loop_steps, loop_first = _rollout(loop, 300, seed=1)
+    assert np.array_equal(fast_first, loop_first)
+    assert sum(len(s.episode_returns) for s in loop_steps) >= 5  # crosses many episode ends
+    for a, b in zip(fast_steps, loop_steps, strict=True):
+        for name in ("obs", "final_obs", "rewards", "terminated", "truncated", "ended"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+        assert a.episode_returns == b.episode_returns
+    saved, reference = fast.state_dict(), loop.state_dict()
+    assert all(np.array_equal(saved[k], reference[k]) for k in ("returns", "lengths"))
+    fast.close()
+    loop.close()
+
+
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -219,7 +241,8 @@ class _LaneLengthEnv:
         self.t[done] = 0
         obs = np.zeros((self.num_envs, 1), np.float32)
         zeros = np.zeros(self.num_envs, bool)
-        return EnvStep(obs, obs, np.ones(self.num_envs, np.float32), done, zeros, ended)
+        rewards = np.ones(self.num_envs, np.float32)
+        return EnvStep(obs, obs, rewards, done, zeros, ended, np.flatnonzero(done))
 
     def close(self) -> None:
         pass

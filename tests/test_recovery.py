@@ -19,7 +19,8 @@ from fake_runs import fake_runs
 from mlflow import MlflowClient
 from test_study import REPO, TINY
 
-from hetero_lr.study import main
+from hetero_lr.study import main, run_seeds
+from hetero_lr.study.confirm import confirm_seeds
 from hetero_lr.study.recovery import Interrupted, TrialCheckpoints, request_stop, stop_signals
 from hetero_lr.study.runs import RunSlot
 from hetero_lr.tracking import ROLE
@@ -44,6 +45,7 @@ from hetero_lr.study.recovery import stop_requested
 from hetero_lr.study.runs import training_run
 
 HANG_AFTER = int(os.environ.get("HANG_AFTER", "0"))
+HANG_SEED = os.environ.get("HANG_SEED")  # only this seed's run hangs (default: every run)
 
 
 class Run:
@@ -54,7 +56,8 @@ class Run:
         return getattr(self.inner, name)
 
     def run_until(self, step):
-        if HANG_AFTER and step > HANG_AFTER:
+        hangs = HANG_SEED is None or self.cfg.seed == int(HANG_SEED)
+        if HANG_AFTER and step > HANG_AFTER and hangs:
             open(os.environ["READY"], "w").close()
             if os.environ["MODE"] == "kill":
                 time.sleep(600)
@@ -70,14 +73,17 @@ class Run:
         self.inner.close()
 
 
-sys.exit(main(sys.argv[1:], run_factory=Run))
+if __name__ == "__main__":  # `--workers` spawns processes that import this file
+    sys.exit(main(sys.argv[1:], run_factory=Run))
 """
 
 
-def _study(tmp_path: Path, name: str, **env: str) -> tuple[list[str], dict[str, str]]:
+def _study(
+    tmp_path: Path, name: str, study: dict | None = None, **env: str
+) -> tuple[list[str], dict[str, str]]:
     folder = tmp_path / name
     (folder / "weights").mkdir(parents=True)
-    (folder / "study.yaml").write_text(yaml.safe_dump(STUDY))
+    (folder / "study.yaml").write_text(yaml.safe_dump(study or STUDY))
     (tmp_path / "run_study.py").write_text(SCRIPT)
     argv = [sys.executable, str(tmp_path / "run_study.py"), "--study", str(folder / "study.yaml")]
     argv += ["--results", str(folder / "results")]
@@ -246,3 +252,113 @@ def test_heartbeat_needs_a_database_storage(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--heartbeat 5" in err[0] and "database" in err[0]
     assert not tmp_path.joinpath("optuna.journal").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Confirmation: split over worker processes, resumable within an arm.
+
+CONFIRMED = {**STUDY, "confirm": 2}
+CONFIRM_SEEDS = confirm_seeds(0, 2, run_seeds(0, 2))
+
+
+def _journal(results: Path) -> optuna.Study:
+    backend = optuna.storages.journal.JournalFileBackend(str(results / "optuna.journal"))
+    return optuna.load_study(
+        study_name="mlp:mlp__tiny", storage=optuna.storages.JournalStorage(backend)
+    )
+
+
+def _confirm_runs(results: Path) -> list:
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs(client.get_experiment_by_name("mlp:mlp__tiny").experiment_id)
+    return [r for r in runs if r.data.tags[ROLE] == "confirm"]
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """The confirmation record and final weights per seed of a study confirmed in one process,
+    never stopped."""
+    tmp_path = tmp_path_factory.mktemp("confirmed")
+    argv, environ = _study(tmp_path, "ref", CONFIRMED)
+    done = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = _journal(tmp_path / "ref" / "results").user_attrs["confirmation"]["mlp:mlp"]
+    weights = _weights(tmp_path / "ref")
+    assert len(weights) == 4  # two search seeds, two confirmation seeds
+    return record, weights
+
+
+def _assert_same_confirmation(folder: Path, confirmed: tuple) -> list:
+    """The study in `folder` confirmed as the never-stopped one; returns its confirm runs."""
+    record, weights = confirmed
+    results = folder / "results"
+    found = _journal(results).user_attrs["confirmation"]["mlp:mlp"]
+    assert found["seeds"] == list(CONFIRM_SEEDS) == record["seeds"]
+    assert found["scores"] == record["scores"] and not found["failed"]
+    assert len(found["scores"]["CartPole-v1"]) == 2
+    resumed = _weights(folder)
+    assert resumed.keys() == weights.keys()
+    for seed, state in resumed.items():
+        for key, value in state.items():
+            torch.testing.assert_close(value, weights[seed][key], rtol=0, atol=0)
+    runs = _confirm_runs(results)
+    (parent,) = [r for r in runs if "seed" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and parent.info.run_id == found["mlflow_run_id"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert not list((results / "checkpoints").rglob("*.pt"))  # removed as the arm ended
+    return runs
+
+
+def test_confirmation_split_over_two_workers_matches_one_process(tmp_path, confirmed, capsys):
+    argv, environ = _study(tmp_path, "two", CONFIRMED)
+    done = subprocess.run([*argv, "--workers", "2"], env=environ, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "confirming mlp:mlp (trial 0) on 2 fresh seeds: 2 of 2 runs to go" in done.stdout
+    first, second = CONFIRM_SEEDS  # run i goes to process i % 2
+    assert f"[w0] confirmed mlp:mlp: c0 seed={first} score" in done.stdout
+    assert f"[w1] confirmed mlp:mlp: c1 seed={second} score" in done.stdout
+    runs = _assert_same_confirmation(tmp_path / "two", confirmed)
+    assert sorted(int(r.data.tags["seed"]) for r in runs if "seed" in r.data.tags) == sorted(
+        CONFIRM_SEEDS
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_confirmation_stopped_mid_run_resumes_it_from_its_checkpoint(tmp_path, confirmed, sig):
+    first, second = CONFIRM_SEEDS
+    mode = "term" if sig == signal.SIGTERM else "kill"
+    argv, environ = _study(
+        tmp_path, "stopped", CONFIRMED, HANG_AFTER="200", HANG_SEED=str(first), MODE=mode
+    )
+    code = _stop_midway(argv, environ, sig)
+    assert code == (130 if sig == signal.SIGTERM else -signal.SIGKILL)
+    results = tmp_path / "stopped" / "results"
+    study = _journal(results)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # the search is over
+    assert "confirmation" not in study.user_attrs  # ...its confirmation is not
+    (checkpoint,) = (results / "checkpoints").rglob("*.pt")
+    assert checkpoint.parent.name == "confirm-mlp_mlp-t0000"
+    assert checkpoint.name == f"CartPole-v1__seed{first}.pt"
+    stopped = _confirm_runs(results)
+    if sig == signal.SIGTERM:
+        assert {r.info.status for r in stopped} == {"KILLED"}
+    # The same command again: the stopped run resumes at its last evaluation, the other starts.
+    environ.pop("HANG_AFTER")
+    done = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 of 2 runs to go" in done.stdout
+    assert f"c0 seed={first} resumed at step 200 from its checkpoint" in done.stdout
+    runs = _assert_same_confirmation(tmp_path / "stopped", confirmed)
+    by_seed = {}
+    for run in runs:
+        if "seed" in run.data.tags:
+            by_seed.setdefault(int(run.data.tags["seed"]), []).append(run)
+    dead, resumed = sorted(by_seed[first], key=lambda r: r.info.start_time)
+    assert dead.info.status == ("KILLED" if sig == signal.SIGTERM else "FAILED")
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_from_step"] == "200"
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    history = client.get_metric_history(resumed.info.run_id, "eval/return_mean")
+    assert sorted(m.step for m in history) == [100, 200, 300]
+    (fresh,) = by_seed[second]
+    assert fresh.info.status == "FINISHED" and "resumed_from_step" not in fresh.data.tags

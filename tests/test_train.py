@@ -15,10 +15,11 @@ import pytest
 import torch
 from tiny_configs import tiny
 
-from hetero_lr.agent import Agent, Batch, epsilon_at
+from hetero_lr.agent import Agent, Batch, clip_grad_norm, epsilon_at
 from hetero_lr.build import build_pair
 from hetero_lr.config import AgentConfig, TrainConfig, apply_preset, from_dict
 from hetero_lr.loggers import CSVLogger
+from hetero_lr.networks import build_network
 from hetero_lr.train import build_parser, config_from_args, main, train
 
 
@@ -73,6 +74,20 @@ def test_rmsprop_step_is_young_and_tians_centred_rmsprop():
         square_avg, grad_avg = (1 - alpha) * g.square(), (1 - alpha) * g
         step = g / ((square_avg - grad_avg.square()).sqrt() + eps)  # momentum buffer: step
         torch.testing.assert_close(p.detach(), p0 - 0.1 * step, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])  # below and above the bound
+def test_clip_grad_norm_matches_torch_bit_for_bit(scale):
+    torch.manual_seed(0)
+    net = build_network("minatar", (4, 10, 10), 3)
+    (scale * net(torch.rand(8, 4, 10, 10) < 0.1).square().sum()).backward()
+    ours = [p.grad.clone() for p in net.parameters()]
+    norm = lambda grads: float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))  # noqa: E731
+    before = norm(ours)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+    clip_grad_norm(ours, 10.0)
+    assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), ours, strict=True))
+    assert norm(ours) == pytest.approx(min(before, 10.0), rel=1e-5)
 
 
 def test_categorical_step_gives_finite_loss_and_priorities():

@@ -7,14 +7,31 @@ with `spec.confirm` seeds that no search run used. Their scores are unbiased for
 settings; the search score travels beside them as "selection". Baselines are confirmed the same
 way, so every pairing is compared with a baseline measured on the same footing.
 
-Stored in the Optuna study's user attribute `confirmation` (one entry per arm, written as each
-arm finishes, so an interrupted confirmation resumes with the next arm) and in MLflow: a run
-per arm tagged `hetero_lr.role=confirm` under the study run, with one nested run per seed
-(also `confirm`, tagged `seed`).
+The runs not yet recorded are split over `--workers` processes (the main process and N - 1
+spawned ones; run i goes to process i % N: each run is deterministic given its seed, so the
+results do not depend on N). A confirmation survives a stop or a crash within an arm:
+
+- each (arm, environment, seed) run records its outcome as soon as it ends, in a study user
+  attribute of its own, `confirm/LABEL/ENV/SEED` (`{"trial", "seeds", "score"}`, or `"failed"`
+  for a diverged run), so processes never rewrite a shared attribute; a new start skips the
+  runs recorded for the same trial and seeds;
+- a run in progress checkpoints after each evaluation and when stopped (`recovery`), under
+  `CHECKPOINTS/STUDY/confirm-LABEL-tNNNN/`; the next start resumes it there (its new MLflow run
+  tagged `resumed_from_step`); the checkpoint goes when the run finishes or diverges;
+- the arm's MLflow run is created once (its id in the user attribute `confirm/LABEL`) and is
+  reopened by a resumed confirmation, which ends FAILED the seed runs a killed process left
+  RUNNING (one study command confirms at a time: start it once, not on every host).
+
+Once all of an arm's runs are recorded, the main process writes the arm's record into the user
+attribute `confirmation` (one entry per arm, see `run_confirmation`) and ends the arm's MLflow
+run: tagged `hetero_lr.role=confirm`, under the study run, with one nested run per environment
+and seed (also `confirm`, tagged `seed`).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,14 +39,50 @@ import optuna
 from mlflow.entities import Metric
 
 from hetero_lr.config import TrainConfig, from_dict
-from hetero_lr.study._console import now_ms, say
-from hetero_lr.study.runs import RunFactory, RunSlot, eval_steps
+from hetero_lr.study._console import now_ms, say, worker_prefix
+from hetero_lr.study.recovery import (
+    Interrupted,
+    TrialCheckpoints,
+    check_stop,
+    stop_requested,
+    stop_signals,
+)
+from hetero_lr.study.runs import RunFactory, RunSlot, eval_steps, share_cores
 from hetero_lr.study.settings import StudySettings
 from hetero_lr.study.spec import StudySpec
-from hetero_lr.tracking import Tracker
+from hetero_lr.study.storage import open_storage
+from hetero_lr.tracking import PARENT, RunStatus, Tracker, retry
 
 ATTR = "confirmation"
 ROLE = "confirm"
+PREFIX = "confirm/"
+"""Study user attributes of a confirmation under way: `confirm/LABEL` (the arm's MLflow run)
+and `confirm/LABEL/ENV/SEED` (one run's outcome)."""
+
+
+class WorkersFailed(RuntimeError):
+    """A confirmation process crashed; the next start finishes the arms it left."""
+
+
+@dataclass(frozen=True)
+class ConfirmRun:
+    """One confirmation run: an arm's settings on one environment with one seed (picklable)."""
+
+    label: str
+    trial: int
+    seeds: tuple[int, ...]
+    """The arm's confirmation seeds (a record is valid only for the same ones)."""
+    cfg: TrainConfig
+    env_id: str
+    seed: int
+    name: str
+    """Its MLflow run name."""
+    parent_run_id: str
+
+    @property
+    def key(self) -> str:
+        """The study user attribute that records this run's outcome."""
+        return f"{PREFIX}{self.label}/{self.env_id}/{self.seed}"
 
 
 def confirm_seeds(study_seed: int, n: int, exclude: tuple[int, ...]) -> tuple[int, ...]:
@@ -76,75 +129,293 @@ def run_confirmation(
     """Confirm every candidate not yet confirmed with these seeds; returns all records.
 
     A record: `{"trial", "selection", "seeds", "scores": {env: [score per seed]}, "failed",
-    "mlflow_run_id"}`; a diverged or crashed run is listed in `failed` and left out of `scores`.
-    """
-    from hetero_lr.agent import DivergenceError
+    "mlflow_run_id"}`; a diverged run is listed in `failed` and left out of `scores`. The runs
+    go to `settings.workers` processes; the arms whose runs all ended are recorded even when
+    another process was stopped or crashed.
 
+    Raises:
+        KeyboardInterrupt: a process was stopped (`recovery.Interrupted`); its runs resume.
+        WorkersFailed: a spawned process exited abnormally.
+    """
     spec = settings.spec
     seeds = confirm_seeds(spec.seed, spec.confirm, settings.run_seeds)
-    records: dict[str, Any] = dict(study.user_attrs.get(ATTR, {}))
-    for label, trial in candidates(study, spec).items():
-        done = records.get(label)
-        if done and done["trial"] == trial.number and done["seeds"] == list(seeds):
-            continue
-        say(f"confirming {label} (trial {trial.number}) on {len(seeds)} fresh seeds")
-        cfg = trial_config(trial)
-        about = (
-            f"Confirmation of {label}: trial {trial.number}'s settings (search score "
-            f"{trial.value:.4g}) on {len(seeds)} fresh seeds x {len(spec.env_ids)} environment(s)."
+    attrs = study.user_attrs
+    records: dict[str, Any] = dict(attrs.get(ATTR, {}))
+    arms = {
+        label: trial
+        for label, trial in candidates(study, spec).items()
+        if not _recorded(records.get(label), trial.number, seeds)
+    }
+    jobs: list[ConfirmRun] = []
+    parents: dict[str, str] = {}
+    for label, trial in arms.items():
+        about = _about(label, trial, seeds, len(spec.env_ids))
+        parents[label] = _open_parent(
+            study, attrs, tracker, experiment_id, study_run_id, label, trial, seeds, about
         )
-        parent = tracker.start_run(
+        runs = _runs(label, trial, seeds, spec.env_ids, parents[label])
+        left = [job for job in runs if not _recorded(attrs.get(job.key), trial.number, seeds)]
+        say(f"confirming {label} (trial {trial.number}) on {len(seeds)} fresh seeds: "
+            f"{len(left)} of {len(runs)} runs to go")  # fmt: skip
+        jobs += left
+    n = max(1, min(settings.workers, len(jobs)))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(settings, i, jobs[i::n], run_factory, experiment_id),
+            name=f"hetero-lr-confirm-{i}",
+        )
+        for i in range(1, n)
+    ]
+    for proc in procs:
+        proc.start()
+    error: BaseException | None = None
+    try:
+        _run_share(study, settings, jobs[::n], tracker, experiment_id, run_factory, worker=0)
+    except BaseException as err:  # a stop or a crash: the other processes are waited for first
+        error = err
+    for proc in procs:
+        if stop_requested() and proc.is_alive():
+            proc.terminate()  # SIGTERM: the process checkpoints its run and stops
+        proc.join()
+    attrs = study.user_attrs
+    for label, trial in arms.items():
+        record = _assemble(attrs, tracker, label, trial, seeds, spec, parents[label])
+        if record is not None:
+            records[label] = record
+            study.set_user_attr(ATTR, records)
+            TrialCheckpoints(
+                settings.checkpoints, settings.study_name, trial.number, arm=label
+            ).remove()
+    stopped = [p.name for p in procs if p.exitcode == 130]
+    crashed = [p.name for p in procs if p.exitcode not in (0, 130)]
+    status: RunStatus
+    if isinstance(error, KeyboardInterrupt) or (stopped and error is None):
+        status, reason = "KILLED", str(error or "") or f"{', '.join(stopped)} interrupted"
+    elif error is not None:
+        status, reason = "FAILED", f"crashed: {type(error).__name__}: {error}"
+    elif crashed:
+        status, reason = "FAILED", f"{', '.join(crashed)} exited abnormally"
+    else:
+        return records
+    for label in arms.keys() - records.keys():
+        tracker.end_run(parents[label], status, reason)
+    if error is not None:
+        raise error
+    if status == "KILLED":
+        raise Interrupted(reason)
+    raise WorkersFailed(reason)
+
+
+def _recorded(found: dict[str, Any] | None, trial: int, seeds: tuple[int, ...]) -> bool:
+    """Whether a stored record (an arm's, its MLflow run's, a run's) is of `trial` and `seeds`."""
+    return bool(found) and found["trial"] == trial and found["seeds"] == list(seeds)
+
+
+def _about(label: str, trial: optuna.trial.FrozenTrial, seeds: tuple[int, ...], envs: int) -> str:
+    return (
+        f"Confirmation of {label}: trial {trial.number}'s settings (search score "
+        f"{trial.value:.4g}) on {len(seeds)} fresh seeds x {envs} environment(s)."
+    )
+
+
+def _open_parent(
+    study: optuna.Study,
+    attrs: dict[str, Any],
+    tracker: Tracker,
+    experiment_id: str,
+    study_run_id: str,
+    label: str,
+    trial: optuna.trial.FrozenTrial,
+    seeds: tuple[int, ...],
+    about: str,
+) -> str:
+    """The arm's MLflow run: the one an unfinished confirmation of this trial and these seeds
+    created (reopened), else a new one, recorded in `confirm/LABEL`."""
+    known = attrs.get(PREFIX + label)
+    if _recorded(known, trial.number, seeds):
+        run_id = known["mlflow_run_id"]
+        tracker.reopen(run_id)
+        tracker.describe(run_id, f"{about} Running.")
+        # A killed process (SIGKILL, a lost node) ends nothing: its seed runs are still RUNNING.
+        orphans = retry(
+            tracker.client.search_runs,
+            [experiment_id],
+            filter_string=f"tags.`{PARENT}` = '{run_id}' and attributes.status = 'RUNNING'",
+            max_results=1000,
+        )
+        for run in orphans:
+            tracker.end_run(run.info.run_id, "FAILED", "its process died; resumed in a new run")
+        return run_id
+    run_id = tracker.start_run(
+        experiment_id,
+        name=f"confirm {label} t{trial.number:04d}",
+        role=ROLE,
+        parent_run_id=study_run_id,
+        tags={"pairing": label, "optuna.trial_number": trial.number},
+        description=f"{about} Running.",
+    )
+    arm = {"trial": trial.number, "selection": trial.value, "seeds": list(seeds)}
+    study.set_user_attr(PREFIX + label, {**arm, "mlflow_run_id": run_id})
+    return run_id
+
+
+def _runs(
+    label: str,
+    trial: optuna.trial.FrozenTrial,
+    seeds: tuple[int, ...],
+    env_ids: tuple[str, ...],
+    parent_run_id: str,
+) -> list[ConfirmRun]:
+    """The arm's runs: each environment with each seed, in that order."""
+    cfg = trial_config(trial)
+    return [
+        ConfirmRun(
+            label,
+            trial.number,
+            seeds,
+            cfg,
+            env_id,
+            seed,
+            f"c{k} seed={seed}" + (f" {env_id.split('/')[-1]}" if len(env_ids) > 1 else ""),
+            parent_run_id,
+        )
+        for env_id in env_ids
+        for k, seed in enumerate(seeds)
+    ]
+
+
+def _worker(
+    settings: StudySettings,
+    worker: int,
+    jobs: list[ConfirmRun],
+    run_factory: RunFactory,
+    experiment_id: str,
+) -> None:
+    """Entry point of a spawned confirmation process; exits 130 when stopped by a signal."""
+    storage = open_storage(settings.storage)
+    study = optuna.load_study(study_name=settings.study_name, storage=storage)
+    tracker = Tracker(settings.tracking_uri, artifact_root=settings.artifact_root)
+    try:
+        with stop_signals(watch_parent=True):
+            _run_share(study, settings, jobs, tracker, experiment_id, run_factory, worker=worker)
+    except KeyboardInterrupt as err:
+        say(f"stopped: {err or 'interrupted'}", worker_prefix(worker, settings.workers))
+        raise SystemExit(130) from None
+
+
+def _run_share(
+    study: optuna.Study,
+    settings: StudySettings,
+    jobs: list[ConfirmRun],
+    tracker: Tracker,
+    experiment_id: str,
+    run_factory: RunFactory,
+    *,
+    worker: int,
+) -> None:
+    """Run one process's share of the confirmation runs, one after another."""
+    share_cores(settings.spec.base.threads, settings.workers)
+    for job in jobs:
+        check_stop()  # no new run once a stop was asked for
+        _run_one(study, settings, job, tracker, experiment_id, run_factory, worker=worker)
+
+
+def _run_one(
+    study: optuna.Study,
+    settings: StudySettings,
+    job: ConfirmRun,
+    tracker: Tracker,
+    experiment_id: str,
+    run_factory: RunFactory,
+    *,
+    worker: int,
+) -> None:
+    """Train one run (from its checkpoint if it has one) and record its outcome."""
+    from hetero_lr.agent import DivergenceError
+
+    checkpoints = TrialCheckpoints(
+        settings.checkpoints, settings.study_name, job.trial, arm=job.label
+    )
+    tags = {"pairing": job.label, "optuna.trial_number": job.trial}
+    slot = RunSlot.of(job.cfg, job.env_id, job.seed, job.name, **tags)
+    try:
+        slot.start(
+            run_factory,
+            tracker,
             experiment_id,
-            name=f"confirm {label} t{trial.number:04d}",
             role=ROLE,
-            parent_run_id=study_run_id,
-            tags={"pairing": label, "optuna.trial_number": trial.number},
-            description=f"{about} Running.",
+            parent_run_id=job.parent_run_id,
+            description=f"Confirmation seed {job.seed} of {job.label} on {job.env_id}.",
         )
-        scores: dict[str, list[float]] = {env: [] for env in spec.env_ids}
-        failed: list[str] = []
-        for env_id in spec.env_ids:
-            for k, seed in enumerate(seeds):
-                tags = {"pairing": label, "optuna.trial_number": trial.number}
-                game = f" {env_id.split('/')[-1]}" if len(spec.env_ids) > 1 else ""
-                slot = RunSlot.of(cfg, env_id, seed, f"c{k} seed={seed}{game}", **tags)
-                try:
-                    slot.start(
-                        run_factory,
-                        tracker,
-                        experiment_id,
-                        role=ROLE,
-                        parent_run_id=parent,
-                        description=f"Confirmation seed {seed} of {label} on {env_id}.",
-                    )
-                    for step in eval_steps(slot.cfg):
-                        slot.advance(step)
-                except DivergenceError as err:
-                    slot.end("FAILED", f"{type(err).__name__}: {err}")
-                    failed.append(f"{env_id} seed {seed}: {err}")
-                    continue
-                except BaseException as err:  # a stop signal ends the runs KILLED
-                    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-                    slot.end(status, f"{type(err).__name__}: {err}")
-                    tracker.end_run(parent, status, f"{type(err).__name__}: {err}")
-                    raise
-                scores[env_id].append(slot.finish(spec.last_evals))
-        pooled = [s for env_scores in scores.values() for s in env_scores]
-        records[label] = {
-            "trial": trial.number,
-            "selection": trial.value,
-            "seeds": list(seeds),
-            "scores": scores,
-            "failed": failed,
-            "mlflow_run_id": parent,
-        }
-        tracker.set_tags(parent, {"selection": trial.value, "confirm.failed": len(failed)})
-        tracker.log_params(parent, {"confirm_seeds": ",".join(map(str, seeds))})
-        if pooled:
-            objective = Metric("objective", float(np.mean(pooled)), now_ms(), cfg.steps)
-            tracker.log_metrics(parent, [objective])
-        outcome = f"mean score {np.mean(pooled):.4g} over {len(pooled)} runs" if pooled else ""
-        tracker.describe(parent, f"{about} {outcome}; failed runs: {len(failed)}.")
-        tracker.end_run(parent, "FINISHED" if pooled else "FAILED", "; ".join(failed) or None)
-        study.set_user_attr(ATTR, records)
-    return records
+        at = checkpoints.restore(slot)
+        if at is not None:
+            assert slot.logger is not None
+            tracker.set_tags(slot.logger.run_id, {"resumed_from_step": at})
+            slot.description += f" Resumed at agent step {at} from its checkpoint."
+            say(
+                f"confirming {job.label}: {slot.name} resumed at step {at} from its checkpoint",
+                worker_prefix(worker, settings.workers),
+            )
+        for step in eval_steps(slot.cfg):
+            slot.advance(step)
+            checkpoints.save(slot)
+    except DivergenceError as err:
+        slot.end("FAILED", f"{type(err).__name__}: {err}")
+        outcome: dict[str, Any] = {"failed": f"{job.env_id} seed {job.seed}: {err}"}
+    except BaseException as err:  # a stop signal ends the run KILLED
+        if isinstance(err, Interrupted):  # the run is at a clean step: keep it
+            checkpoints.save(slot)
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        slot.end(status, f"{type(err).__name__}: {err}")
+        raise
+    else:
+        outcome = {"score": slot.finish(settings.spec.last_evals)}
+    study.set_user_attr(job.key, {"trial": job.trial, "seeds": list(job.seeds), **outcome})
+    checkpoints.discard(slot)  # after the record: a crash in between only leaves a stale file
+    ended = f"score {outcome['score']:.4g}" if "score" in outcome else "diverged"
+    say(f"confirmed {job.label}: {slot.name} {ended}", worker_prefix(worker, settings.workers))
+
+
+def _assemble(
+    attrs: dict[str, Any],
+    tracker: Tracker,
+    label: str,
+    trial: optuna.trial.FrozenTrial,
+    seeds: tuple[int, ...],
+    spec: StudySpec,
+    parent: str,
+) -> dict[str, Any] | None:
+    """The arm's record from its runs' outcomes, its MLflow run ended; None while a run of the
+    arm has no outcome yet."""
+    outcomes = {
+        (env, seed): attrs.get(f"{PREFIX}{label}/{env}/{seed}")
+        for env in spec.env_ids
+        for seed in seeds
+    }
+    if not all(_recorded(o, trial.number, seeds) for o in outcomes.values()):
+        return None
+    scores: dict[str, list[float]] = {env: [] for env in spec.env_ids}
+    for (env, _), o in outcomes.items():  # seeds in order within each environment
+        if "score" in o:
+            scores[env].append(o["score"])
+    failed = [o["failed"] for o in outcomes.values() if "failed" in o]
+    pooled = [s for env_scores in scores.values() for s in env_scores]
+    tracker.set_tags(parent, {"selection": trial.value, "confirm.failed": len(failed)})
+    tracker.log_params(parent, {"confirm_seeds": ",".join(map(str, seeds))})
+    if pooled:
+        steps = trial_config(trial).steps
+        tracker.log_metrics(parent, [Metric("objective", float(np.mean(pooled)), now_ms(), steps)])
+    outcome = f"mean score {np.mean(pooled):.4g} over {len(pooled)} runs" if pooled else ""
+    about = _about(label, trial, seeds, len(spec.env_ids))
+    tracker.describe(parent, f"{about} {outcome}; failed runs: {len(failed)}.")
+    tracker.end_run(parent, "FINISHED" if pooled else "FAILED", "; ".join(failed) or None)
+    return {
+        "trial": trial.number,
+        "selection": trial.value,
+        "seeds": list(seeds),
+        "scores": scores,
+        "failed": failed,
+        "mlflow_run_id": parent,
+    }

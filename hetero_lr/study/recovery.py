@@ -3,7 +3,8 @@
 - **Checkpoints.** After each evaluation every run of a trial writes its full state (networks,
   optimizers, replay, RNGs, its scores so far) to `CHECKPOINTS/STUDY/tNNNN/`, named by the
   trial the chain of retries started from; they are removed when the trial ends (complete,
-  pruned, diverged) and kept when it is interrupted or its worker dies.
+  pruned, diverged) and kept when it is interrupted or its worker dies. A confirmation run
+  writes its own under `CHECKPOINTS/STUDY/confirm-LABEL-tNNNN/` (`hetero_lr.study.confirm`).
 - **Dead workers.** With an RDB storage, Optuna's heartbeat marks a trial whose worker stopped
   beating FAILED (`RDBStorage(heartbeat_interval=...)`; `optuna.storages.fail_stale_trials` runs
   before every trial) and calls `StaleTrial`. The journal storage has no heartbeat: a starting
@@ -124,11 +125,21 @@ def worker_id() -> str:
 
 
 class TrialCheckpoints:
-    """The checkpoint files of one trial's runs (None folder: checkpointing off)."""
+    """The checkpoint files of one trial's runs, or of one confirmation arm's runs (None
+    folder: checkpointing off).
 
-    def __init__(self, root: str | Path | None, study_name: str, trial: int) -> None:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
-        self.folder = Path(root) / safe / f"t{trial:04d}" if root else None
+    Args:
+        root: The study's checkpoint folder (`--checkpoints`); None turns checkpoints off.
+        study_name: The study: its runs' files are under `root/STUDY/`.
+        trial: The trial whose runs (or whose settings' confirmation runs) these are.
+        arm: A confirmation arm's label: the folder is `confirm-LABEL-tNNNN`, not `tNNNN`.
+    """
+
+    def __init__(
+        self, root: str | Path | None, study_name: str, trial: int, *, arm: str | None = None
+    ) -> None:
+        name = f"t{trial:04d}" if arm is None else f"confirm-{_safe(arm)}-t{trial:04d}"
+        self.folder = Path(root) / _safe(study_name) / name if root else None
 
     def path(self, slot: RunSlot) -> Path | None:
         """Where `slot`'s checkpoint lives."""
@@ -156,10 +167,21 @@ class TrialCheckpoints:
             return None
         return slot.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
 
+    def discard(self, slot: RunSlot) -> None:
+        """Delete `slot`'s checkpoint (the run ended; its arm's other runs may go on)."""
+        path = self.path(slot)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     def remove(self) -> None:
         """Delete the trial's checkpoints (it ended: nothing will resume it)."""
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _safe(name: str) -> str:
+    """`name` as one path component."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 class StaleTrial:

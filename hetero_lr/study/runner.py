@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 import time
 import warnings
 
@@ -19,7 +18,7 @@ from hetero_lr.study.recovery import (
     stop_requested,
     stop_signals,
 )
-from hetero_lr.study.runs import RunFactory, training_run
+from hetero_lr.study.runs import RunFactory, share_cores, training_run
 from hetero_lr.study.settings import StudySettings, check_fingerprint, flat_params
 from hetero_lr.study.spec import StudySpec
 from hetero_lr.study.storage import make_pruner, make_sampler, open_storage
@@ -106,7 +105,7 @@ def _run_study(settings: StudySettings, run_factory: RunFactory) -> int:
     elif crashed and code == 0:
         status, reason, code = "FAILED", f"worker(s) {', '.join(crashed)} exited abnormally", 1
     if code == 0 and spec.confirm:
-        from hetero_lr.study.confirm import run_confirmation
+        from hetero_lr.study.confirm import WorkersFailed, run_confirmation
 
         try:
             run_confirmation(
@@ -117,8 +116,11 @@ def _run_study(settings: StudySettings, run_factory: RunFactory) -> int:
                 study_run_id=study_run_id,
                 run_factory=run_factory,
             )
-        except KeyboardInterrupt:
-            status, reason, code = "KILLED", "interrupted (Ctrl-C) during confirmation", 130
+        except KeyboardInterrupt as err:  # the next start resumes each run from its checkpoint
+            status, reason = "KILLED", f"{err or 'interrupted (Ctrl-C)'} during confirmation"
+            code = 130
+        except WorkersFailed as err:
+            status, reason, code = "FAILED", f"confirmation: {err}", 1
     from hetero_lr.study.summary import finish_study  # imports matplotlib: only at the end
 
     finish_study(study, tracker, study_run_id, status, reason)
@@ -162,12 +164,8 @@ def _optimize(
     experiment_id: str,
     study_run_id: str,
 ) -> None:
-    import torch
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if settings.spec.base.threads == 0 and settings.workers > 1:
-        # Share the cores: N processes with all-core intra-op pools would oversubscribe them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    share_cores(settings.spec.base.threads, settings.workers)
     objective = Objective(
         settings,
         tracker=tracker,

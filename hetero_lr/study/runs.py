@@ -3,12 +3,13 @@
 A `RunSlot` is one (environment, seed) run: it builds the run when started, advances it to an
 evaluation step, keeps the run's scores on the objective's scale (human-normalised on Atari),
 and ends its MLflow run with a status and reason. Trials advance their slots in lockstep
-(`objective`); confirmations one after another (`confirm`).
+(`objective`); confirmations one after another in each process (`confirm`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -67,6 +68,15 @@ def used_params(params: dict[str, Any]) -> dict[str, Any]:
     if params.get("agent.prioritized") is False:
         unused |= {"agent.priority_alpha", "agent.priority_beta", "target.replicate_sampling"}
     return {k: v for k, v in params.items() if k not in unused}
+
+
+def share_cores(threads: int, workers: int) -> None:
+    """Give each of `workers` processes its share of the cores when `threads` is 0 (all):
+    N processes with all-core intra-op pools would oversubscribe them."""
+    import torch
+
+    if threads == 0 and workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def eval_steps(cfg: TrainConfig) -> list[int]:
