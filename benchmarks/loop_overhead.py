@@ -16,11 +16,32 @@ agent steps in turn so that a busy machine slows them alike:
 Every loop uses the `minatar` preset's schedule (warm-up `--learning-starts`, then epsilon from 1
 to 0.1 over 100k steps), so over 20k steps most actions are random: the acting forward is rare.
 Only steps after the warm-up are timed. Each line prints env steps/s and the ratios of wall time
-per step: loop / floor and loop / minimal (1.00 = no overhead).
+per step: loop / floor and loop / minimal (1.00 = no overhead), and loop / network: the loop's
+wall time over the time its own network calls took, read by timers wrapped around them after the
+warm-up (updates less the replay draws inside them, acting forwards, the function-gap diagnostic).
+The floor's update on one fixed batch runs warmer than any loop's (see below), so loop/network
+is the overhead a loop itself adds.
 
 Measured
 --------
-2026-12-06 on this machine (2 shared AMD EPYC cores, torch 2.14.1, 1 thread), after the
+2026-12-06, later the same day, after the one-lane `ReplayMemory.start_episodes` path (13.2 ->
+0.8 µs per call) and with the loop/network column (the machine slower still):
+
+    python benchmarks/loop_overhead.py --groups hardcopy --steps 14000   # 13,000 timed steps
+
+    minimal             305.2 steps/s   minimal/floor  1.12   loop/network  1.08
+    hardcopy            291.1 steps/s   loop/floor  1.18   loop/minimal  1.05   loop/network  1.11
+    hardcopy floor      342.3 steps/s
+
+    python benchmarks/loop_overhead.py --groups lr --steps 7000          # 6,000 timed steps
+
+    lr 1/1              164.7 steps/s   loop/floor  1.12   loop/network  1.07
+    lr 1/1 floor        184.2 steps/s
+
+An earlier run (8,000 steps) gave hardcopy loop/network 1.11, loop/minimal 1.03, minimal
+loop/network 1.08: the minimal loop's own overhead is 8%, ours 7-11%.
+
+Earlier that day, on this machine (2 shared AMD EPYC cores, torch 2.14.1, 1 thread), after the
 one-lane scalar paths (`VecEnv` over a single gymnasium lane, `ReplayMemory.add`/`sample` with
 one lane) and `agent.clip_grad_norm`:
 
@@ -63,6 +84,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -121,6 +143,60 @@ class Floor:
             self.updates += 1
 
 
+class NetworkClock:
+    """Seconds a loop spends in its network calls, read by timers in the loop itself.
+
+    `count(fn)` adds `fn`'s wall time unless it runs inside another counted call (an update's
+    bootstrap forward is counted once, with the update); `exclude(fn)` takes back a call made
+    inside a counted one that is not network work (the replay draw inside a target step).
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._depth = 0
+
+    def count(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if not self._depth:
+                    self.seconds += time.perf_counter() - start
+
+        return counted
+
+    def exclude(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def excluded(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if self._depth:
+                    self.seconds -= time.perf_counter() - start
+
+        return excluded
+
+
+def clock_network(name: str, loop: Any) -> NetworkClock:
+    """Times every network call of `loop`: its updates (less their replay draws), its acting
+    forwards and, for `TrainingRun`, the function-gap diagnostic of each log row."""
+    clock = NetworkClock()
+    if name == "minimal":
+        loop.update = clock.count(loop.update)
+        loop.buffer.sample = clock.exclude(loop.buffer.sample)
+        loop.q.forward = clock.count(loop.q.forward)  # acting (inside an update: nested)
+    else:
+        pair = loop.pair
+        loop.agent.update = clock.count(loop.agent.update)
+        for method in ("step", "act_values", "function_gap"):
+            setattr(pair, method, clock.count(getattr(pair, method)))
+        loop._replicate_sample = clock.exclude(loop._replicate_sample)
+    return clock
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -148,6 +224,7 @@ def main() -> None:
     for name, loop in loops.items():  # the warm-up, untimed
         if not name.endswith("floor"):
             loop.run_until(args.learning_starts)
+    clocks = {n: clock_network(n, loop) for n, loop in loops.items() if not n.endswith("floor")}
     seconds = dict.fromkeys(loops, 0.0)
     for start in range(args.learning_starts, args.steps, args.chunk):
         stop = min(start + args.chunk, args.steps)
@@ -169,6 +246,8 @@ def main() -> None:
             line += f"   loop/minimal {s / seconds['minimal']:5.2f}"
         if name == "minimal" and "hardcopy floor" in seconds:
             line += f"   minimal/floor {s / seconds['hardcopy floor']:5.2f}"
+        if name in clocks:
+            line += f"   loop/network {s / clocks[name].seconds:5.2f}"
         print(line)
     for name in names:
         loops[name].close()

@@ -270,8 +270,22 @@ class ReplayMemory:
             lanes: (k,) distinct lane indices.
             obs: (k, *obs_shape) first observations; all S frames are stored.
         """
-        lanes = np.asarray(lanes, np.int64).reshape(-1)
         obs = np.asarray(obs)
+        if (  # a one-lane loop's new episode: the same writes as below, in scalars
+            self.num_lanes == self.frame_stack == 1
+            and len(lanes) == 1
+            and lanes[0] == 0
+            and obs.shape == (1, *self.obs_shape)
+            and not self._running[0]
+        ):
+            row = (int(self._newest[0]) + 1) % self.rows_per_lane
+            self._frames[row] = obs[0]
+            self._expire_row(row)
+            self._newest[0] += 1
+            self._steps[0] = 0
+            self._running[0] = True
+            return
+        lanes = np.asarray(lanes, np.int64).reshape(-1)
         _require(
             obs.shape == (len(lanes), *self.obs_shape),
             f"obs must have shape {(len(lanes), *self.obs_shape)}, got {obs.shape}",
@@ -359,12 +373,7 @@ class ReplayMemory:
         self._rewards[start] = reward
         row = newest + 1
         self._frames[row % rows] = next_obs[-1] if stack > 1 else next_obs
-        expired = (row + stack - 1) % rows
-        if self._valid[expired]:
-            self._valid[expired] = False
-            self._num_valid -= 1
-            if self._tree is not None:
-                self._tree.set(np.array([expired]), 0.0)
+        self._expire_row((row + stack - 1) % rows)
         self._newest[0] = row
         steps = int(self._steps[0]) + 1
         self._steps[0] = steps
@@ -575,6 +584,14 @@ class ReplayMemory:
             self._num_valid -= expired.size
             if self._tree is not None:
                 self._tree.set(expired, 0.0)
+
+    def _expire_row(self, flat: int) -> None:
+        """`_expire` of one transition, in scalars."""
+        if self._valid[flat]:
+            self._valid[flat] = False
+            self._num_valid -= 1
+            if self._tree is not None:
+                self._tree.set(np.array([flat]), 0.0)
 
     def _complete(self, lanes: np.ndarray, ready: np.ndarray, terminated: np.ndarray) -> None:
         """Finalises the transitions whose n-step window just completed and makes them samplable.

@@ -220,7 +220,7 @@ class TrainingRun:
 
     def _update(self) -> None:
         raw = self.replay.sample(self.cfg.agent.batch_size)
-        to_device = self._to_device
+        to_device = torch.from_numpy if self._on_cpu else self._to_device
         batch = Batch(
             obs=to_device(raw.obs),
             actions=to_device(raw.actions),
