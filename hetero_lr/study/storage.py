@@ -22,6 +22,7 @@ import optuna
 from optuna.storages import RDBStorage
 
 from hetero_lr.study._console import say
+from hetero_lr.study.distinct import DistinctSampler
 from hetero_lr.study.spec import StudySpec
 
 T = TypeVar("T")
@@ -395,14 +396,17 @@ def make_sampler(spec: StudySpec, *, worker: int, n_existing: int) -> optuna.sam
     Workers get distinct seeds (equal seeds would make parallel workers sample the same
     points), and so does each resumed invocation (`n_existing` trials already in the study;
     the same seed would replay the first invocation's samples). Reproducible only with one
-    worker (Optuna FAQ; issues #4412, #3056).
+    worker (Optuna FAQ; issues #4412, #3056). Drawing samplers never propose a point the
+    study already holds (`DistinctSampler`).
     """
     seed = int(np.random.SeedSequence([spec.seed, worker, n_existing]).generate_state(1)[0])
-    if spec.sampler in ("grid", "random"):
+    if spec.sampler == "grid":
         # A grid study enqueues every point as its own trial (`runner._enqueue_grid`), so its
         # sampler never draws: Optuna's GridSampler would let parallel workers draw the same
         # point, and its `after_trial` fails on trials it did not assign.
         return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "random":
+        return DistinctSampler(optuna.samplers.RandomSampler(seed=seed))
     # `group=True`: baseline trials sample nothing, and pairings may get conditional
     # dimensions; grouped multivariate TPE models each set of co-occurring parameters.
     # `constant_liar=True`: once past its random start-up trials, TPE counts running trials as
@@ -411,9 +415,10 @@ def make_sampler(spec: StudySpec, *, worker: int, n_existing: int) -> optuna.sam
     # every worker process would print.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
+        tpe = optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True
         )
+    return DistinctSampler(tpe)  # the liar does not act in the random start-up
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
