@@ -273,6 +273,15 @@ def write_comparison(
     return written
 
 
+def arm_line(row: dict[str, Any], extra: str = "") -> str:
+    """One table row as a line: `ARM: IQM x [low, high]EXTRA, diff d [low, high]`."""
+    line = f"{row['arm']}: IQM {row['iqm']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+    line += extra
+    if not pd.isna(row.get("diff")):
+        line += f", diff {row['diff']:+.3g} [{row['diff_low']:+.3g}, {row['diff_high']:+.3g}]"
+    return line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m analysis.compare`; returns the exit code (2 on bad input)."""
     parser = argparse.ArgumentParser(
@@ -295,10 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = write_comparison(comparison, args.out, confidence=args.confidence)
     table = pd.read_csv(Path(args.out) / "comparison.csv")
     for row in table.to_dict("records"):
-        line = f"{row['arm']}: IQM {row['iqm']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
-        if not pd.isna(row.get("diff")):
-            line += f", diff {row['diff']:+.3g} [{row['diff_low']:+.3g}, {row['diff_high']:+.3g}]"
-        print(line)
+        print(arm_line(row))
     print(f"comparison: {Path(args.out) / 'comparison.html'} ({len(written)} files)")
     return 0
 

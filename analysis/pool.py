@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.compare import arm_line
 from analysis.page import Section, to_markdown
 from hetero_lr.stats import iqm
 from hetero_lr.study.summary import confirmation_table
@@ -147,9 +148,7 @@ def pooled_table(runs: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFram
     return table.sort_values("iqm", ascending=False, ignore_index=True)
 
 
-def write_pooled(
-    runs: pd.DataFrame, out: str | Path, *, sources: Sequence[str], confidence: float = 0.95
-) -> pd.DataFrame:
+def write_pooled(runs: pd.DataFrame, out: str | Path, *, confidence: float = 0.95) -> pd.DataFrame:
     """`pooled.csv`, `pooled_runs.csv` and `pooled.md` in `out`; returns the table."""
     table = pooled_table(runs, confidence=confidence)
     out = Path(out)
@@ -157,8 +156,8 @@ def write_pooled(
     table.to_csv(out / "pooled.csv", index=False)
     runs.to_csv(out / "pooled_runs.csv", index=False)
     text = [
-        "Inputs: " + ", ".join(f"`{s}`" for s in sources) + ".",
-        f"IQM over every finished run of both seed sets (environments x seeds) with a "
+        "Inputs: " + ", ".join(f"`{s}`" for s in dict.fromkeys(runs["source"])) + ".",
+        f"IQM over every finished run of every input (environments x seeds) with a "
         f"{confidence:.0%} stratified-bootstrap interval; `iqm SOURCE`: the IQM of that input's "
         "runs alone; `diff`: IQM difference to the online family's HardCopy baseline, with an "
         "interval that resamples each arm's runs on their own.",
@@ -185,17 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs = pool_runs(read_runs(args.runs), args.arm)
-        sources = list(dict.fromkeys(runs["source"]))
-        table = write_pooled(runs, args.out, sources=sources, confidence=args.confidence)
+        table = write_pooled(runs, args.out, confidence=args.confidence)
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     for row in table.to_dict("records"):
-        line = f"{row['arm']}: IQM {row['iqm']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
-        line += f" over {row['runs']} runs"
-        if not pd.isna(row.get("diff")):
-            line += f", diff {row['diff']:+.3g} [{row['diff_low']:+.3g}, {row['diff_high']:+.3g}]"
-        print(line)
+        print(arm_line(row, f" over {row['runs']} runs, {row['failed']} failed"))
     print(f"pooled: {Path(args.out) / 'pooled.md'}")
     return 0
 
