@@ -8,16 +8,17 @@ whole-game scores reported when a game ends.
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from hetero_lr import game_state
 from hetero_lr.config import EnvConfig
 
 CLASSIC_IDS = ("CartPole-v1", "Acrobot-v1")
@@ -177,20 +178,22 @@ class VecEnv:
     def restorable(self) -> bool:
         """Whether `state_dict` captures the games exactly (mid-episode, RNGs included).
 
-        True for the gymnasium backends (MinAtar, classic control), whose environments pickle;
-        ale-py's native vector env exposes no snapshot of its emulators.
+        True for the gymnasium backends (MinAtar, classic control), whose games are a few
+        arrays, numbers and generator states (`hetero_lr.game_state`); ale-py's native vector
+        env exposes no snapshot of its emulators.
         """
         return isinstance(self._env, GymLanes)
 
     def state_dict(self) -> dict[str, Any]:
-        """Score counters of the running games, and the games themselves where `restorable`."""
+        """Score counters of the running games, and the games themselves where `restorable`,
+        as tensors and plain data (loads with `torch.load(..., weights_only=True)`)."""
         state: dict[str, Any] = {
-            "returns": self._returns.copy(),
-            "lengths": self._lengths.copy(),
-            "lives": self._lives.copy(),
+            "returns": torch.from_numpy(self._returns.copy()),
+            "lengths": torch.from_numpy(self._lengths.copy()),
+            "lives": torch.from_numpy(self._lives.copy()),
         }
         if self.restorable:
-            state["envs"] = pickle.dumps(self._env.envs)  # game state, wrappers and RNGs
+            state["envs"] = [game_state.snapshot(env) for env in self._env.envs]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> bool:
@@ -200,13 +203,14 @@ class VecEnv:
         """
         if "envs" not in state or not self.restorable:
             return False
-        envs = pickle.loads(state["envs"])
-        if len(envs) != self.num_envs:
-            raise ValueError(f"saved state has {len(envs)} lanes, this env has {self.num_envs}")
-        self._env.envs = envs
-        self._returns[:] = state["returns"]
-        self._lengths[:] = state["lengths"]
-        self._lives[:] = state["lives"]
+        games = state["envs"]
+        if len(games) != self.num_envs:
+            raise ValueError(f"saved state has {len(games)} lanes, this env has {self.num_envs}")
+        for env, game in zip(self._env.envs, games, strict=True):  # type: ignore[union-attr]
+            game_state.restore(env, game)
+        self._returns[:] = np.asarray(state["returns"])
+        self._lengths[:] = np.asarray(state["lengths"])
+        self._lives[:] = np.asarray(state["lives"])
         return True
 
     def step(self, actions: np.ndarray) -> EnvStep:

@@ -14,7 +14,6 @@ episodes as truncated) with lanes seeded afresh from the run seed and the step.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections import deque
@@ -26,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hetero_lr import seeding
+from hetero_lr import checkpoint, seeding
 from hetero_lr.agent import Batch, DivergenceBound, DivergenceError, DivergenceGuard, epsilon_at
 from hetero_lr.build import build_learner, resolve_device
+from hetero_lr.checkpoint import CheckpointError
 from hetero_lr.config import TrainConfig, flatten
 from hetero_lr.envs import make_env
 from hetero_lr.evaluation import evaluate
@@ -365,7 +365,7 @@ class TrainingRun:
             "optimizer": self.agent.optimizer.state_dict(),
             "replay": self.replay.state_dict(),
             "envs": self.envs.state_dict(),
-            "obs": self._obs,
+            "obs": torch.from_numpy(self._obs.copy()),
             "rngs": {
                 "exploration": self._explore_rng.bit_generator.state,
                 "diagnostics": self._diagnostics_rng.bit_generator.state,
@@ -415,7 +415,7 @@ class TrainingRun:
         self._guard.load_state_dict(state["log"]["divergence"])
         self._next_log = state["log"]["next_log"]
         if self.envs.load_state_dict(state["envs"]):
-            self._obs = state["obs"]
+            self._obs = state["obs"].numpy().copy()
         else:  # new games, seeded apart from every earlier reset of this run
             self._obs = self.envs.reset(seed=seeding.int_seed(self.cfg.seed, "env", self.step))
             self.replay.start_episodes(np.arange(self.envs.num_envs), self._obs)
@@ -424,18 +424,25 @@ class TrainingRun:
         self._bar.update(self.step)
 
     def save(self, path: str | Path) -> None:
-        """Write `state_dict()` to `path` atomically: a crash mid-write keeps the old file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Write `state_dict()` to `path` with `hetero_lr.checkpoint.save`: atomic, its sha256
+        recorded, the previous good file kept as `PATH.prev`."""
+        checkpoint.save(self.state_dict(), path)
 
-    def load(self, path: str | Path) -> None:
-        """Continue from a file written by `save` (our own file: full unpickling)."""
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+    def load(self, path: str | Path) -> str | None:
+        """Continue from the newest good checkpoint `save` wrote at `path`.
+
+        Returns:
+            Why the latest file was passed over for the previous one (one line), or None.
+
+        Raises:
+            CheckpointError: no usable file (missing, damaged, or holding pickled objects).
+            ValueError: the checkpoint was made with other settings.
+        """
+        loaded = checkpoint.load(path)
+        if loaded is None:
+            raise CheckpointError(f"no checkpoint at {path}")
+        self.load_state_dict(loaded.state)
+        return loaded.fault
 
     def close(self) -> None:
         """Release the environments and the progress bar."""

@@ -15,8 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import hetero_lr.checkpoint as checkpoint_files
 from hetero_lr._cli import OneLineParser
 from hetero_lr.agent import DivergenceError
+from hetero_lr.checkpoint import CheckpointError
 from hetero_lr.config import (
     PRESETS,
     TrainConfig,
@@ -60,18 +62,21 @@ def train(
 
     Raises:
         ValueError: settings that cannot be built, or a checkpoint made with other settings.
+        CheckpointError: (a ValueError) `resume` found checkpoint files but none usable.
         DivergenceError: a non-finite TD loss or a mean |Q| above `agent.divergence_q`.
     """
     logger = logger or NullLogger()
     checkpoint = Path(out) / CHECKPOINT if out is not None else None
     with TrainingRun(cfg, logger=logger, progress=progress) as run:
-        if resume and checkpoint is not None and checkpoint.exists():
-            run.load(checkpoint)
+        if resume and checkpoint is not None and checkpoint_files.exists(checkpoint):
+            fault = run.load(checkpoint)
+            if fault:  # the previous checkpoint was used: say why, once
+                print(f"{fault}; resumed from the previous one", file=sys.stderr)
             logger.rewind(run.step)
         else:
             logger.log_params(run.params())
         saving = checkpoint is not None and cfg.checkpoint_every > 0
-        stopped = False
+        stopped, saved_at = False, None
         while not run.done:
             eval_at = min(_next_multiple(run.step, cfg.eval_every), cfg.steps)
             save_at = _next_multiple(run.step, cfg.checkpoint_every) if saving else math.inf
@@ -83,7 +88,9 @@ def train(
                     break
             if run.step >= save_at:
                 run.save(checkpoint)
-        if checkpoint is not None:
+                saved_at = run.step
+        # Not twice at one step: a second copy would push out the previous checkpoint.
+        if checkpoint is not None and saved_at != run.step:
             run.save(checkpoint)
         return run.result(stopped_early=stopped)
 
@@ -199,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name = f"{cfg.pair}__{cfg.env.id}__s{cfg.seed}".replace("/", "-").replace(":", "_")
     out = Path(args.out or Path("runs") / name)
-    if args.resume and not (out / CHECKPOINT).exists():
+    if args.resume and not checkpoint_files.exists(out / CHECKPOINT):
         print(f"{parser.prog}: error: --resume: no checkpoint in {out}", file=sys.stderr)
         return 2
     logger = MultiLogger([CSVLogger(out), ConsoleLogger()])
@@ -207,6 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(
             cfg, logger=logger, out=out, resume=args.resume, progress=not args.no_progress
         )
+    except CheckpointError as err:
+        print(f"{parser.prog}: error: --resume: {err}; run without --resume to start from step 0",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except ValueError as err:  # e.g. a network that cannot take this environment's frames
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

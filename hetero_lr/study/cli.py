@@ -266,8 +266,12 @@ def _recovery(settings: StudySettings, estimate: dict[str, Any] | None) -> str:
     if settings.checkpoints is None:
         text = "no checkpoints (--checkpoints none): a stopped or dead trial restarts from zero"
     else:
-        size = f", up to {estimate['memory'] / 1e9:.2f} GB at once" if estimate else ""
-        text = f"checkpoints {settings.checkpoints} (each evaluation{size}; removed as trials end)"
+        # Two files per run: the latest and the previous good one (`hetero_lr.checkpoint`).
+        size = f", up to {2 * estimate['memory'] / 1e9:.2f} GB at once" if estimate else ""
+        text = (
+            f"checkpoints {settings.checkpoints} (each evaluation, the last two kept{size}; "
+            "removed as trials end)"
+        )
     if settings.heartbeat:
         text += f"; heartbeat {settings.heartbeat}s"
     return text + f"; a dead worker's trial is retried {settings.max_retry}x"

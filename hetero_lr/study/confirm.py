@@ -349,15 +349,14 @@ def _run_one(
             parent_run_id=job.parent_run_id,
             description=f"Confirmation seed {job.seed} of {job.label} on {job.env_id}.",
         )
-        at = checkpoints.restore(slot)
-        if at is not None:
+        resumed = checkpoints.resume(slot)
+        line = resumed.line("its")
+        if line is not None:
             assert slot.logger is not None
-            tracker.set_tags(slot.logger.run_id, {"resumed_from_step": at})
-            slot.description += f" Resumed at agent step {at} from its checkpoint."
-            say(
-                f"confirming {job.label}: {slot.name} resumed at step {at} from its checkpoint",
-                worker_prefix(worker, settings.workers),
-            )
+            tracker.set_tags(slot.logger.run_id, resumed.tags)
+            slot.description += f" {line[0].upper()}{line[1:]}."
+            prefix = worker_prefix(worker, settings.workers)
+            say(f"confirming {job.label}: {slot.name} {line}", prefix)
         for step in eval_steps(slot.cfg):
             slot.advance(step)
             checkpoints.save(slot)

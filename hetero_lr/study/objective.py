@@ -211,19 +211,18 @@ class Objective:
             params = slot.run.params()  # type: ignore[union-attr]
             counts = {k: params[k] for k in ("online_params", "target_params") if k in params}
             self.tracker.log_params(run_id, counts)
-        at = self.checkpoints.restore(slot)
-        if at is not None:
-            assert slot.logger is not None
-            source = f"trial {self.resumes if self.resumes is not None else trial}"
-            self.tracker.set_tags(
-                slot.logger.run_id,
-                {"resumed_from_step": at, "resumed_from_trial": source.split()[-1]},
-            )
-            slot.description += f" Resumed at agent step {at} from {source}'s checkpoint."
-            say(
-                f"trial {trial}: {slot.name} resumed at step {at} from {source}'s checkpoint",
-                worker_prefix(self.worker, self.s.workers),
-            )
+        resumed = self.checkpoints.resume(slot)
+        source = f"trial {self.resumes if self.resumes is not None else trial}"
+        line = resumed.line(f"{source}'s")
+        if line is None:
+            return
+        assert slot.logger is not None
+        tags = resumed.tags
+        if resumed.step is not None:
+            tags["resumed_from_trial"] = source.split()[-1]
+        self.tracker.set_tags(slot.logger.run_id, tags)
+        slot.description += f" {line[0].upper()}{line[1:]}."
+        say(f"trial {trial}: {slot.name} {line}", worker_prefix(self.worker, self.s.workers))
 
     def _lockstep(self, trial: optuna.Trial, slots: list[RunSlot], run_id: str) -> list[float]:
         """Advance every run to each evaluation in turn; report the mean over runs."""

@@ -5,6 +5,8 @@
   trial the chain of retries started from; they are removed when the trial ends (complete,
   pruned, diverged) and kept when it is interrupted or its worker dies. A confirmation run
   writes its own under `CHECKPOINTS/STUDY/confirm-LABEL-tNNNN/` (`hetero_lr.study.confirm`).
+  Files are verified and kept two deep (`hetero_lr.checkpoint`): a damaged latest file falls
+  back to the previous one, and with none good the run starts from step 0, in one line.
 - **Dead workers.** With an RDB storage, Optuna's heartbeat marks a trial whose worker stopped
   beating FAILED (`RDBStorage(heartbeat_interval=...)`; `optuna.storages.fail_stale_trials` runs
   before every trial) and calls `StaleTrial`. The journal storage has no heartbeat: a starting
@@ -27,13 +29,15 @@ import socket
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from hetero_lr import checkpoint
+from hetero_lr.checkpoint import CheckpointError
 from hetero_lr.study._console import say
 
 if TYPE_CHECKING:
@@ -124,6 +128,33 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """How a run came back from its checkpoint files (`TrialCheckpoints.resume`)."""
+
+    step: int | None
+    """Agent step it resumed at; None: it starts from step 0."""
+    fault: str | None
+    """What was wrong with a checkpoint file that was passed over (one line), or None."""
+    previous: bool = False
+    """It resumed from the previous checkpoint (the latest was damaged or missing)."""
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        """MLflow tags of the run: `resumed_from_step` and `checkpoint_fault`, where they apply."""
+        tags: dict[str, Any] = {"resumed_from_step": self.step} if self.step is not None else {}
+        return tags | ({"checkpoint_fault": self.fault} if self.fault else {})
+
+    def line(self, owner: str) -> str | None:
+        """What happened, for a console line (`owner`: whose checkpoint, e.g. "trial 3's");
+        None when there was no checkpoint and no fault."""
+        if self.step is None:
+            return f"starts from step 0 ({self.fault})" if self.fault else None
+        which = "previous checkpoint" if self.previous else "checkpoint"
+        text = f"resumed at step {self.step} from {owner} {which}"
+        return text + (f" ({self.fault})" if self.fault else "")
+
+
 class TrialCheckpoints:
     """The checkpoint files of one trial's runs, or of one confirmation arm's runs (None
     folder: checkpointing off).
@@ -149,29 +180,37 @@ class TrialCheckpoints:
         return self.folder / f"{env}__seed{slot.cfg.seed}.pt"
 
     def save(self, slot: RunSlot) -> None:
-        """Write `slot`'s state atomically (a crash mid-write keeps the previous file)."""
+        """Write `slot`'s state with `hetero_lr.checkpoint.save` (atomic, hash recorded, the
+        previous good file kept)."""
         path, state = self.path(slot), slot.state_dict()
-        if path is None or state is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if path is not None and state is not None:
+            checkpoint.save(state, path)
+
+    def resume(self, slot: RunSlot) -> Resumed:
+        """Continue `slot` from its newest good checkpoint, if any (see `Resumed`).
+
+        A damaged latest file falls back to the previous one; with no good file (damaged, or an
+        older version's pickle, refused unread) the run starts from step 0: a fault the trial
+        recovers from, not one that fails it.
+        """
+        path = self.path(slot)
+        try:
+            loaded = checkpoint.load(path) if path is not None else None
+        except CheckpointError as err:
+            return Resumed(None, str(err))
+        if loaded is None:
+            return Resumed(None, None)
+        return Resumed(slot.load_state_dict(loaded.state), loaded.fault, loaded.previous)
 
     def restore(self, slot: RunSlot) -> int | None:
-        """Load `slot`'s checkpoint if there is one; returns the agent step it resumed at."""
-        path = self.path(slot)
-        if path is None or not path.exists():
-            return None
-        return slot.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        """`resume(slot).step`: the agent step `slot` resumed at, None if it starts afresh."""
+        return self.resume(slot).step
 
     def discard(self, slot: RunSlot) -> None:
-        """Delete `slot`'s checkpoint (the run ended; its arm's other runs may go on)."""
+        """Delete `slot`'s checkpoint files (the run ended; its arm's other runs may go on)."""
         path = self.path(slot)
         if path is not None:
-            path.unlink(missing_ok=True)
+            checkpoint.remove(path)
 
     def remove(self) -> None:
         """Delete the trial's checkpoints (it ended: nothing will resume it)."""
