@@ -28,7 +28,13 @@ from analysis.curves import curve_bands
 from analysis.headline import Headline, build_headline, preregistered_trials, trial_records
 from analysis.load import StudyData, load_curves, load_study_data
 from analysis.page import Section, to_html, to_markdown
-from hetero_lr.study.summary import confirmation_table
+from hetero_lr.scores import normalizer
+from hetero_lr.study.summary import (
+    common_scale,
+    confirmation_table,
+    difference_text,
+    per_env_table,
+)
 
 SETTINGS = ("target.rule", "target.kr", "target.kl", "target.lr", "target.period", "target.tau")
 """Trial settings shown per arm when they differ between arms (or name the rule)."""
@@ -238,13 +244,17 @@ def write_comparison(
             for name, (_, h) in comparison.studies.items()
         )
         + ".",
-        f"IQM over all runs (environments x seeds) with a {confidence:.0%} stratified-bootstrap"
-        " interval; `diff`: IQM difference to the online family's HardCopy baseline, with an"
-        " interval that resamples each arm's runs on their own.",
+        *method_text(comparison.envs, confidence),
     ]
     if failed:
         text.append("Runs that failed (left out of the scores): " + "; ".join(failed) + ".")
-    sections = [Section("Arms", text, tables=[("", table)])]
+    per_env = pd.DataFrame(per_env_table(comparison.records, confidence=confidence))
+    per_env.to_csv(out / "comparison_per_env.csv", index=False)
+    written.append(out / "comparison_per_env.csv")
+    sections = [
+        Section("Arms", text, tables=[("", table)]),
+        Section("Per environment", tables=[("", per_env)]),
+    ]
     bands_all = []
     for name, key, ylabel, log in CURVES:
         curves = comparison_curves(comparison, key)
@@ -274,12 +284,41 @@ def write_comparison(
 
 
 def arm_line(row: dict[str, Any], extra: str = "") -> str:
-    """One table row as a line: `ARM: IQM x [low, high]EXTRA, diff d [low, high]`."""
-    line = f"{row['arm']}: IQM {row['iqm']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
-    line += extra
+    """One table row as a line: `ARM: IQM x [low, high]EXTRA; vs BASE d [low, high] (paired),
+    P(improvement) ..., p ...`."""
+    if not row.get("runs"):
+        line = f"{row['arm']}: no finished run{extra}"
+    elif pd.isna(row.get("iqm")):
+        line = f"{row['arm']}: no aggregate (no common scale across environments){extra}"
+    else:
+        line = f"{row['arm']}: IQM {row['iqm']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+        line += extra
     if not pd.isna(row.get("diff")):
-        line += f", diff {row['diff']:+.3g} [{row['diff_low']:+.3g}, {row['diff_high']:+.3g}]"
+        line += f"; {difference_text(row)}"
     return line
+
+
+def method_text(envs: Sequence[str], confidence: float = 0.95) -> list[str]:
+    """What a comparison table's columns mean: scale, intervals, design, tests."""
+    scales = [f"{env}: {normalizer(env)[1]}" for env in envs]
+    text = ["Scores: " + "; ".join(scales) + "."]
+    if not common_scale(envs):
+        text.append(
+            "No aggregate over environments: some have no reference scores, so their raw "
+            "returns share no scale (an IQM over them would rank by score range). The "
+            "per-environment table holds the result."
+        )
+    text.append(
+        f"`iqm`: IQM over all runs (environments x seeds), {confidence:.0%} stratified-"
+        "bootstrap percentile interval (rliable). `diff`: IQM difference to the online "
+        "family's HardCopy baseline; `design` paired (seed indices resampled jointly within "
+        "each environment) where both arms ran the same seeds, unpaired otherwise; interval: "
+        "the bootstrap's percentile interval widened for small samples (docs/statistics.md "
+        "has its measured coverage). `p_improvement`: rliable's P(arm > baseline) [pi_low, "
+        "pi_high]. `p_value`: two-sided randomisation test of the same difference (sign-flip "
+        "when paired; `test`), `p_holm`: Holm-adjusted over the arms compared."
+    )
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

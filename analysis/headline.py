@@ -131,30 +131,27 @@ def preregistered_trials(data: StudyData, *, all_failed: bool = False) -> dict[s
 def trial_records(data: StudyData, trials: dict[str, int]) -> dict[str, dict[str, Any]]:
     """Records (`confirmation_table`'s shape) of complete trials' own runs.
 
-    Scores come from each trial's `run_scores` (environment-major), `run_seeds` and `envs`
-    user attributes; where those disagree in length, from its finished seed runs in MLflow.
+    Scores come from the trial's finished seed runs in MLflow (`StudyData.runs`: normalised per
+    environment), keyed by seed so that arms on the same seeds compare pair by pair.
     """
     by_number = {t.number: t for t in data.study.get_trials(deepcopy=False)}
     records = {}
     for arm, number in sorted(trials.items()):
         trial = by_number[number]
         seeds = list(trial.user_attrs.get("run_seeds") or [])
-        envs = list(trial.user_attrs.get("envs") or [])
-        scores = list(trial.user_attrs.get("run_scores") or [])
-        if envs and seeds and len(scores) == len(envs) * len(seeds):
-            per_env = {
-                env: [float(s) for s in scores[i * len(seeds) : (i + 1) * len(seeds)]]
-                for i, env in enumerate(envs)
-            }
-        else:
-            runs = data.runs[(data.runs["trial"] == number) & (data.runs["status"] == "FINISHED")]
-            per_env = {env: g["score"].dropna().tolist() for env, g in runs.groupby("env")}
+        runs = data.runs[(data.runs["trial"] == number) & (data.runs["status"] == "FINISHED")]
+        by_seed = {
+            env: dict(zip(g["seed"].astype(int), g["score"].astype(float), strict=True))
+            for env, g in runs.dropna(subset=["score"]).groupby("env")
+        }
+        per_env = {env: [v[s] for s in sorted(v)] for env, v in by_seed.items()}
         failed = trial.state == optuna.trial.TrialState.FAIL
         records[arm] = {
             "trial": number,
             "selection": trial.value,
             "seeds": seeds,
             "scores": {} if failed else per_env,
+            "by_seed": {} if failed else by_seed,
             "failed": [trial.user_attrs.get("end_reason", "failed")] if failed else [],
             "mlflow_run_id": trial.user_attrs.get("mlflow_run_id", ""),
         }
@@ -209,6 +206,8 @@ MATRIX_COLUMNS = [
     "diff",
     "diff_low",
     "diff_high",
+    "design",
+    "p_value",
     "mlflow_run_id",
 ]
 
@@ -247,5 +246,8 @@ def cell_text(row: dict[str, Any]) -> str:
     )
     text = f"{name} {row['iqm']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
     if isinstance(row.get("diff"), float) and not np.isnan(row["diff"]):
-        text += f", diff {row['diff']:+.3g} [{row['diff_low']:+.3g}, {row['diff_high']:+.3g}]"
+        text += (
+            f", diff {row['diff']:+.3g} [{row['diff_low']:+.3g}, {row['diff_high']:+.3g}] "
+            f"({row['design']}, p {row['p_value']:.2g})"
+        )
     return text

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
-from hetero_lr.scores import normalizer
+from hetero_lr.scores import is_normalised, normalizer
 from hetero_lr.study.storage import check_storage_url, open_storage
 from hetero_lr.tracking import ROLE
 
@@ -33,7 +33,10 @@ class StudyData:
     """One row per trial: number, state, value, pairing, rule, mlflow_run_id, one column per
     parameter (`kr`, `kl`, ...)."""
     runs: pd.DataFrame
-    """One row per search run: trial, pairing, env, seed, status, score, run_id."""
+    """One row per search run: trial, pairing, env, seed, status, score, run_id, raw, scale.
+    `score` is normalised per environment where `hetero_lr.scores` has references (runs
+    logged before a reference existed are normalised here from their raw score), `raw` is
+    the raw return where known, `scale` says which."""
     client: MlflowClient
     confirm_runs: pd.DataFrame
     """The confirmation runs (`--confirm`), same columns; empty without confirmation."""
@@ -146,7 +149,7 @@ def _trials_table(study: optuna.Study) -> pd.DataFrame:
 
 def _runs_table(client: MlflowClient, study_name: str, role: str) -> pd.DataFrame:
     experiment = client.get_experiment_by_name(study_name)
-    columns = ["trial", "pairing", "env", "seed", "status", "score", "run_id"]
+    columns = ["trial", "pairing", "env", "seed", "status", "score", "run_id", "raw", "scale"]
     if experiment is None:
         return pd.DataFrame(columns=columns)
     rows, token = [], None
@@ -161,15 +164,24 @@ def _runs_table(client: MlflowClient, study_name: str, role: str) -> pd.DataFram
             tags = run.data.tags
             if "seed" not in tags:  # a confirmation's per-arm run
                 continue
+            env = tags.get("env.id", "")
+            score = run.data.metrics.get("objective", np.nan)
+            logged = tags.get("objective.normalization", "raw return")
+            raw = np.nan if is_normalised(logged) else score
+            if not is_normalised(logged):
+                transform, logged = normalizer(env)
+                score = transform(score)
             rows.append(
                 {
                     "trial": int(tags["optuna.trial_number"]),
                     "pairing": tags.get("pairing", ""),
-                    "env": tags.get("env.id", ""),
+                    "env": env,
                     "seed": int(tags["seed"]),
                     "status": run.info.status,
-                    "score": run.data.metrics.get("objective", np.nan),
+                    "score": score,
                     "run_id": run.info.run_id,
+                    "raw": raw,
+                    "scale": logged,
                 }
             )
         token = page.token

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.compare import arm_line
+from analysis.compare import arm_line, method_text
 from analysis.page import Section, to_markdown
+from hetero_lr.scores import normalizer
 from hetero_lr.stats import iqm
 from hetero_lr.study.summary import confirmation_table
 
@@ -64,8 +65,23 @@ def read_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
                 f"--runs {path}: no column {', '.join(missing)}; expected a runs table with "
                 f"{', '.join(COLUMNS)} (headline_runs.csv or comparison_runs.csv)"
             )
-        frames.append(frame.assign(source=name))
+        frames.append(normalised(frame).assign(source=name))
     return pd.concat(frames, ignore_index=True)
+
+
+def normalised(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with `score` on the normalised scale of `hetero_lr.scores` where it has
+    references, `raw` the raw return, and `scale` naming the scale. A table without a `scale`
+    column predates normalisation: its scores are raw returns."""
+    if "scale" in runs:
+        return runs
+    runs = runs.assign(raw=runs["score"], scale="")
+    for env in runs["env"].unique():
+        transform, note = normalizer(env)
+        rows = runs["env"] == env
+        runs.loc[rows, "score"] = runs.loc[rows, "raw"].map(transform)
+        runs.loc[rows, "scale"] = note
+    return runs
 
 
 def pool_runs(runs: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
@@ -112,6 +128,9 @@ def _records(runs: pd.DataFrame) -> dict[str, dict]:
             "trial": "",
             "selection": float("nan"),
             "scores": {env: list(g["score"]) for env, g in done.groupby("env")},
+            "by_seed": {
+                env: dict(zip(g["seed"], g["score"], strict=True)) for env, g in done.groupby("env")
+            },
             "failed": [
                 f"{r.env} seed {r.seed}" for r in rows[rows["status"] != "FINISHED"].itertuples()
             ],
@@ -157,10 +176,8 @@ def write_pooled(runs: pd.DataFrame, out: str | Path, *, confidence: float = 0.9
     runs.to_csv(out / "pooled_runs.csv", index=False)
     text = [
         "Inputs: " + ", ".join(f"`{s}`" for s in dict.fromkeys(runs["source"])) + ".",
-        f"IQM over every finished run of every input (environments x seeds) with a "
-        f"{confidence:.0%} stratified-bootstrap interval; `iqm SOURCE`: the IQM of that input's "
-        "runs alone; `diff`: IQM difference to the online family's HardCopy baseline, with an "
-        "interval that resamples each arm's runs on their own.",
+        "`iqm SOURCE`: the IQM of that input's runs alone (do the seed sets agree?).",
+        *method_text(sorted(runs["env"].unique()), confidence),
     ]
     sections = [Section("Pooled arms", text, tables=[("", table)])]
     sections.append(Section("Runs", tables=[("", runs)], folded=True))

@@ -43,6 +43,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.aggregate import aggregate_intervals, implementation, performance_profile, tau_grid
+from analysis.compare import method_text
 from analysis.curves import curve_bands, setting_curves
 from analysis.headline import (
     Headline,
@@ -54,8 +55,17 @@ from analysis.headline import (
 from analysis.load import StudyData, best_trials, load_curves, load_study_data, study_run
 from analysis.page import Section, markdown_table, to_html, to_markdown
 from analysis.stats import iqm, stratified_bootstrap_ci
-from hetero_lr.scores import HUMAN_SCORES, RANDOM_SCORES, atari_game
-from hetero_lr.study.summary import confirmed_winner, searched_params
+from hetero_lr.scores import (
+    HUMAN_SCORES,
+    MINATAR_RANDOM_SCORES,
+    MINATAR_REFERENCE_SCORES,
+    RANDOM_SCORES,
+    atari_game,
+    is_normalised,
+    minatar_game,
+    normalizer,
+)
+from hetero_lr.study.summary import common_scale, per_env_table, searched_params
 
 __all__ = ["main", "markdown_table", "write_report"]
 
@@ -71,7 +81,12 @@ def final_scores_table(
         scores = np.concatenate(tasks) if tasks else np.array([])
         if not scores.size:
             continue
-        estimate, low, high = stratified_bootstrap_ci(tasks, iqm, reps=reps, confidence=confidence)
+        if common_scale(sorted(set(runs["env"]))):
+            estimate, low, high = stratified_bootstrap_ci(
+                tasks, iqm, reps=reps, confidence=confidence
+            )
+        else:  # raw returns of several environments: no pooled statistic (method_text)
+            estimate = low = high = float("nan")
         rows.append(
             {
                 "pairing": pairing,
@@ -179,22 +194,36 @@ AGENT57 = "Badia et al. 2020 (Agent57), Table H.4"
 
 
 def reference_scores_table(envs: Sequence[str]) -> pd.DataFrame:
-    """Random and human reference scores of each Atari game among `envs`, with sources."""
+    """Random and reference scores (the 0 and 1 of the normalised score) of each game among
+    `envs` that has them, with sources (`hetero_lr.scores`)."""
     rows = []
     for env in sorted(set(envs)):
-        game = atari_game(env)
-        if game is None or game not in HUMAN_SCORES:
-            continue
-        rows.append(
-            {
-                "env": env,
-                "game": game,
-                "random": RANDOM_SCORES[game],
-                "human": HUMAN_SCORES[game],
-                "random source": DOPAMINE,
-                "human source": AGENT57 if game in {"defender", "surround"} else DOPAMINE,
-            }
-        )
+        game, minatar = atari_game(env), minatar_game(env)
+        if game in HUMAN_SCORES:
+            rows.append(
+                {
+                    "env": env,
+                    "game": game,
+                    "random": RANDOM_SCORES[game],
+                    "reference": HUMAN_SCORES[game],
+                    "random source": DOPAMINE,
+                    "reference source": "human: "
+                    + (AGENT57 if game in {"defender", "surround"} else DOPAMINE),
+                }
+            )
+        elif minatar in MINATAR_REFERENCE_SCORES:
+            rows.append(
+                {
+                    "env": env,
+                    "game": minatar,
+                    "random": MINATAR_RANDOM_SCORES[minatar],
+                    "reference": MINATAR_REFERENCE_SCORES[minatar],
+                    "random source": "uniform random policy, 1,000 episodes "
+                    "(python -m analysis.random_scores)",
+                    "reference source": "DQN at 5M frames, MinAtar README's learning curves "
+                    "(Young & Tian 2019)",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -207,7 +236,7 @@ def aggregates_table(
     rows = []
     for arm, record in sorted(headline.records.items()):
         tasks = [s for s in record["scores"].values() if s]
-        if not tasks:
+        if not tasks or not common_scale([e for e, s in record["scores"].items() if s]):
             continue
         values = aggregate_intervals(tasks, metrics=metrics, reps=reps, confidence=confidence)
         for metric, (estimate, low, high) in values.items():
@@ -309,7 +338,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     w = _Writer(out)
     unit = _score_unit(data)
-    atari = unit.startswith("human")
+    atari = unit != "raw return"  # normalised per game: one scale, pooled aggregates
     headline = build_headline(data)
     w.table("trials.csv", data.trials)
     sections = [_overview(data, headline, unit)]
@@ -349,22 +378,13 @@ def _headline_sections(
     if headline.confirmed:
         w.table("confirmed_scores.csv", table)
         w.text("confirmed_scores.md", markdown_table(table) + "\n")
-    winner, tied = confirmed_winner(table.to_dict("records"))
-    verdict = (
-        f"Best: **{winner}**."
-        if len(tied) == 1
-        else f"No winner: {', '.join(tied)} tie (their {confidence:.0%} intervals overlap)."
-    )
+    envs = sorted({env for r in headline.records.values() for env in r["scores"]})
+    per_env = pd.DataFrame(per_env_table(headline.records, confidence=confidence))
+    w.table("headline_per_env.csv", per_env)
     head = Section(
         headline.title(unit),
-        [
-            headline.note,
-            f"IQM with a {confidence:.0%} stratified-bootstrap interval over runs; `diff`: IQM"
-            " minus the online family's HardCopy baseline, with its interval (both arms"
-            " resampled independently).",
-            verdict,
-        ],
-        [("", table)],
+        [headline.note, *method_text(envs, confidence), *verdicts(table, confidence)],
+        [("", table), ("Per environment", per_env)],
     )
     matrix = pairing_matrix(table)
     w.table("pairing_matrix.csv", matrix)
@@ -387,6 +407,30 @@ def _headline_sections(
         folded=True,
     )
     return [head, grid, runs]
+
+
+def verdicts(table: pd.DataFrame, confidence: float = 0.95) -> list[str]:
+    """One sentence per arm compared with its baseline: better, worse or not distinguishable,
+    by whether the difference interval excludes 0."""
+    lines = []
+    for row in table.to_dict("records"):
+        if pd.isna(row.get("diff")):
+            continue
+        low, high = row["diff_low"], row["diff_high"]
+        if pd.isna(low):
+            word = "no interval (one run per environment)"
+        elif low > 0:
+            word = "better than"
+        elif high < 0:
+            word = "worse than"
+        else:
+            word = "not distinguishable from"
+        lines.append(
+            f"**{row['arm']}** {word} {row['baseline']} over {row['runs']} runs: "
+            f"{row['diff']:+.3g} [{low:+.3g}, {high:+.3g}] ({row['design']}, "
+            f"{confidence:.0%}), p {row['p_value']:.2g}."
+        )
+    return lines
 
 
 def _aggregate_sections(
@@ -587,9 +631,12 @@ def log_report(data: StudyData, written: Written) -> str | None:
 
 
 def _score_unit(data: StudyData) -> str:
-    envs = set(data.runs["env"])
-    atari = bool(envs) and all(e.startswith("ALE/") for e in envs)
-    return "human-normalised score" if atari else "raw return"
+    envs = sorted(set(data.runs["env"]))
+    if envs and all(e.startswith("ALE/") for e in envs) and common_scale(envs):
+        return "human-normalised score"
+    if envs and all(is_normalised(normalizer(e)[1]) for e in envs):
+        return "normalised score"
+    return "raw return"
 
 
 def _counts(trials: pd.DataFrame) -> str:

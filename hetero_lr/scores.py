@@ -1,4 +1,6 @@
-"""Atari human and random reference scores, and the human-normalised score.
+"""Reference scores per environment, and the normalised score every cross-env aggregate uses.
+
+Atari: human-normalised.
 
 Values are those of Dopamine's `dopamine/labs/atari_100k/normalization_utils.py`
 (`ATARI_HUMAN_SCORES`, `ATARI_RANDOM_SCORES`), i.e. the human and random scores of Mnih et al.
@@ -8,8 +10,16 @@ Agent57, Table H.4), as DeepMind's `atari_data.py` tables give them (18,688.9 an
 
     hns(score, game) = (score - random[game]) / (human[game] - random[game])
 
-A game missing from the tables (or an environment that is not Atari) has no normalised score;
-callers fall back to the raw return and say so (`normalizer`).
+MinAtar (Young & Tian 2019): 0 is the uniform random policy's mean return, measured here over
+1,000 episodes with the `minatar` preset's environment (sticky actions 0.1, minimal action set;
+`python -m analysis.random_scores`, `docs/results/minatar_ablation/random_scores.csv`), and 1 a
+reference declared before any run used it: DQN's training return at 5M frames, read off the
+learning curves of the MinAtar README (kenjyoung/MinAtar `img/learning_curves.gif`; full action
+set, 100-episode moving average). The reference is a scale, not a target: our runs are shorter
+and evaluated greedily.
+
+An environment in neither table has no normalised score; callers fall back to the raw return and
+say so (`normalizer`), and no aggregate over several such environments is computed.
 """
 
 from __future__ import annotations
@@ -146,6 +156,32 @@ ATARI_100K_GAMES: tuple[str, ...] = (
 """The 26 games of the Atari 100k benchmark (Kaiser et al. 2020; rliable's `ATARI_100K_GAMES`)."""
 
 
+MINATAR_RANDOM_SCORES: dict[str, float] = {
+    "asterix": 0.513,
+    "breakout": 0.372,
+    "freeway": 0.376,
+    "seaquest": 0.09,
+    "spaceinvaders": 4.323,
+}
+"""Uniform random policy, 1,000 episodes each (`docs/results/minatar_ablation/random_scores.csv`,
+rounded to 3 decimals)."""
+
+MINATAR_REFERENCE_SCORES: dict[str, float] = {
+    "asterix": 17.0,
+    "breakout": 10.0,
+    "freeway": 50.0,
+    "seaquest": 20.0,
+    "spaceinvaders": 43.0,
+}
+"""DQN at 5M frames, read off the MinAtar README's learning curves (Young & Tian 2019)."""
+
+
+def minatar_game(env_id: str) -> str | None:
+    """Table key of a MinAtar id (`MinAtar/SpaceInvaders-v1` -> `spaceinvaders`), else None."""
+    match = re.fullmatch(r"MinAtar/(\w+)-v\d+", env_id)
+    return match.group(1).lower() if match else None
+
+
 def atari_game(env_id: str) -> str | None:
     """Table key of an ALE environment id (`ALE/MsPacman-v5` -> `mspacman`), None otherwise."""
     match = re.fullmatch(r"ALE/(\w+)-v\d+", env_id)
@@ -162,15 +198,29 @@ def human_normalized(score: float, game: str) -> float:
     return (score - random) / (human - random)
 
 
+def is_normalised(note: str) -> bool:
+    """Whether a `normalizer` description names a normalised scale (not the raw return)."""
+    return not note.startswith("raw return")
+
+
 def normalizer(env_id: str) -> tuple[Callable[[float], float], str]:
     """The score transform a study uses for an environment, and a one-line description.
 
-    Atari games in the tables get the human-normalised score; everything else keeps the raw
-    return, and the description says why (it is logged as a tag next to the objective).
+    Atari games in the tables get the human-normalised score, MinAtar games the score between
+    the random policy (0) and the declared reference (1); everything else keeps the raw return,
+    and the description says why (it is logged as a tag next to the objective).
     """
+    minatar = minatar_game(env_id)
+    if minatar in MINATAR_REFERENCE_SCORES:
+        low, high = MINATAR_RANDOM_SCORES[minatar], MINATAR_REFERENCE_SCORES[minatar]
+        return (
+            lambda score: (score - low) / (high - low),
+            f"normalised ({minatar}: random {low}, reference {high}, DQN at 5M frames, "
+            "Young & Tian 2019)",
+        )
     game = atari_game(env_id)
     if game is None:
-        return float, f"raw return ({env_id} is not an Atari game)"
+        return float, f"raw return ({env_id} has no reference scores)"
     if game not in HUMAN_SCORES or game not in RANDOM_SCORES:
         return float, f"raw return (no human/random reference scores for {game!r})"
     return (

@@ -16,11 +16,13 @@ from fake_runs import fake_runs
 from scipy import stats
 
 from analysis.compare import main as compare_main
+from hetero_lr.scores import normalizer
 from hetero_lr.stats import difference_ci, iqm
 from hetero_lr.study import main as study_main
 from hetero_lr.study import run_seeds
 
 SEEDS = run_seeds(1, 3)
+NORM = normalizer("MinAtar/Breakout-v1")[0]
 
 
 def final_score(cfg) -> float:
@@ -72,7 +74,9 @@ def two_studies(tmp_path_factory):
 
 def _scores(pair: str, rule: str, lr: float) -> list[float]:
     target = SimpleNamespace(rule=rule, kl=4, lr=lr)
-    return [final_score(SimpleNamespace(pair=pair, seed=s, target=target)) for s in SEEDS]
+    return [
+        final_score(SimpleNamespace(pair=pair, seed=s, target=target)) for s in sorted(SEEDS)
+    ]  # seed order, as arms pair up
 
 
 def test_arms_of_two_studies_share_one_table_and_one_baseline(two_studies, capsys):
@@ -94,19 +98,22 @@ def test_arms_of_two_studies_share_one_table_and_one_baseline(two_studies, capsy
         "minatar:minatar": _scores("minatar:minatar", "replicate", 1e-4),
         "minatar:minatar@hardcopy": hardcopy,
     }
+    raw = expected
+    expected = {arm: [NORM(s) for s in scores] for arm, scores in raw.items()}
     for arm, scores in expected.items():
         assert table.loc[arm, "runs"] == 3
         assert table.loc[arm, "iqm"] == pytest.approx(stats.trim_mean(scores, 0.25))
         assert table.loc[arm, "mean MinAtar/Breakout-v1"] == pytest.approx(sum(scores) / 3)
         # Two scripted training episodes per run, at steps 100 and 200: half the evaluation
-        # score there, so their mean is 3/8 of the final score.
+        # score there, so their mean is 3/8 of the final (raw) score.
         train = table.loc[arm, "train last100 MinAtar/Breakout-v1"]
-        assert train == pytest.approx(sum(scores) / 3 * 3 / 8)
+        assert train == pytest.approx(sum(raw[arm]) / 3 * 3 / 8)
         assert table.loc[arm, "max mean abs Q"] == pytest.approx(1.0)  # step / steps at the end
     # The slow study has no baseline of its own: its arm is compared with the fast study's.
-    diff, low, high = difference_ci([expected["minatar:minatar"]], [hardcopy], iqm)
+    hardcopy = expected["minatar:minatar@hardcopy"]
+    diff, low, high = difference_ci([expected["minatar:minatar"]], [hardcopy], iqm, paired=True)
     row = table.loc["minatar:minatar"]
-    assert row["baseline"] == "minatar:minatar@hardcopy"
+    assert row["baseline"] == "minatar:minatar@hardcopy" and row["design"] == "paired"
     assert (row["diff"], row["diff_low"], row["diff_high"]) == pytest.approx((diff, low, high))
     assert pd.isna(table.loc["minatar:minatar@hardcopy", "diff"])
     runs = pd.read_csv(out / "comparison_runs.csv")
@@ -127,7 +134,7 @@ def test_arms_of_two_studies_share_one_table_and_one_baseline(two_studies, capsy
     page = (out / "comparison.html").read_text()
     assert "data:image/png;base64," in page and 'src="http' not in page
     printed = capsys.readouterr().out
-    assert "minatar:minatar: IQM" in printed and "diff -" in printed
+    assert "minatar:minatar: IQM" in printed and "vs minatar:minatar@hardcopy -" in printed
 
 
 def test_a_diverged_arm_is_named_without_a_score(tmp_path):

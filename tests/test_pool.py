@@ -7,11 +7,13 @@ import pandas as pd
 import pytest
 
 from analysis.pool import main as pool_main
+from hetero_lr.scores import normalizer
 from hetero_lr.stats import difference_ci, iqm, stratified_bootstrap_ci
 
 ENVS = ("MinAtar/Breakout-v1", "MinAtar/SpaceInvaders-v1")
 BASE = "minatar:minatar@hardcopy"
 LR = "minatar:mlp"
+NORM = {env: normalizer(env)[0] for env in ENVS}
 
 
 def _runs(seeds, offset, *, envs=ENVS, arms=(BASE, LR, "minatar:minatar"), failed=()):
@@ -48,8 +50,9 @@ def test_pooled_arms_use_every_run_and_show_each_set(tmp_path):
     both = pd.concat([pd.read_csv(a), pd.read_csv(b)])
 
     def tasks(arm, frame=both):
-        rows = frame[frame["arm"] == arm]
-        return [list(rows.loc[rows["env"] == env, "score"]) for env in ENVS]
+        """Normalised scores per environment, in seed order (how arms pair up)."""
+        rows = frame[frame["arm"] == arm].sort_values("seed")
+        return [[NORM[env](s) for s in rows.loc[rows["env"] == env, "score"]] for env in ENVS]
 
     for arm in (BASE, LR):
         estimate, low, high = stratified_bootstrap_ci(tasks(arm))
@@ -60,10 +63,10 @@ def test_pooled_arms_use_every_run_and_show_each_set(tmp_path):
         for name, path in (("first", a), ("second", b)):
             alone = np.concatenate(tasks(arm, pd.read_csv(path)))
             assert table.loc[arm, f"iqm {name}"] == pytest.approx(float(iqm(alone)))
-        for env in ENVS:
-            mean = both.loc[(both["arm"] == arm) & (both["env"] == env), "score"].mean()
-            assert table.loc[arm, f"mean {env}"] == pytest.approx(mean)
-    diff = difference_ci(tasks(LR), tasks(BASE))
+        for env, scores in zip(ENVS, tasks(arm), strict=True):
+            assert table.loc[arm, f"mean {env}"] == pytest.approx(np.mean(scores))
+    diff = difference_ci(tasks(LR), tasks(BASE), paired=True)
+    assert table.loc[LR, "design"] == "paired"
     assert table.loc[LR, ["diff", "diff_low", "diff_high"]].tolist() == pytest.approx(list(diff))
     assert table.loc[LR, "baseline"] == BASE
     assert pd.isna(table.loc[BASE, "diff"])

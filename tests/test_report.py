@@ -23,6 +23,7 @@ from analysis.headline import Headline
 from analysis.load import study_run
 from analysis.report import aggregates_table, profiles_table, reference_scores_table, write_report
 from analysis.report import main as report_main
+from hetero_lr.scores import normalizer
 from hetero_lr.stats import difference_ci, stratified_bootstrap_ci
 from hetero_lr.study import main as study_main
 from hetero_lr.study import run_seeds
@@ -93,8 +94,13 @@ def preregistered(tmp_path_factory):
     return results, out
 
 
+NORM = normalizer("MinAtar/Breakout-v1")[0]
+
+
 def _confirm_scores(pair: str, rule: str, kl: int) -> list[float]:
-    return [final_score(pair, rule, kl, s) for s in confirm_seeds(0, 2, run_seeds(0, 2))]
+    """Normalised confirmation scores, in seed order (as arms pair up)."""
+    seeds = sorted(confirm_seeds(0, 2, run_seeds(0, 2)))
+    return [NORM(final_score(pair, rule, kl, s)) for s in seeds]
 
 
 def test_curves_hold_each_arm_with_its_seeds(confirmed):
@@ -118,7 +124,7 @@ def test_curves_hold_each_arm_with_its_seeds(confirmed):
     }
     assert set(per_setting["seeds"]) == {2}
     final = per_setting[per_setting["step"] == 200].set_index("series")
-    search = [final_score("minatar:minatar", "replicate", 1, s) for s in run_seeds(0, 2)]
+    search = [NORM(final_score("minatar:minatar", "replicate", 1, s)) for s in run_seeds(0, 2)]
     assert final.loc["minatar:minatar kr=1 kl=1", "mean"] == pytest.approx(np.mean(search))
 
 
@@ -140,7 +146,8 @@ def test_pairing_matrix_has_baselines_on_the_diagonal(confirmed):
     off = matrix.loc["minatar:mlp"]
     assert (off["online"], off["target"]) == ("minatar", "mlp")
     assert off["baseline"] == "minatar:minatar@hardcopy"
-    diff, low, high = difference_ci([hetero], [baseline])
+    diff, low, high = difference_ci([hetero], [baseline], paired=True)
+    assert off["design"] == "paired"
     assert off["diff"] == pytest.approx(diff) == pytest.approx(np.mean(hetero) - np.mean(baseline))
     assert (off["diff_low"], off["diff_high"]) == pytest.approx((low, high))
     assert matrix.loc["minatar:minatar", "diff"] == pytest.approx(np.mean(same) - np.mean(baseline))
@@ -305,9 +312,11 @@ def test_atari_aggregates_and_reference_scores():
     refs = reference_scores_table(["ALE/Pong-v5", "ALE/Defender-v5", "CartPole-v1"])
     refs = refs.set_index("game")
     assert list(refs.index) == ["defender", "pong"]
-    assert (refs.loc["pong", "random"], refs.loc["pong", "human"]) == (-20.7, 14.6)
-    assert "Dopamine" in refs.loc["pong", "human source"]
-    assert "Agent57" in refs.loc["defender", "human source"]
+    assert (refs.loc["pong", "random"], refs.loc["pong", "reference"]) == (-20.7, 14.6)
+    assert "Dopamine" in refs.loc["pong", "reference source"]
+    assert "Agent57" in refs.loc["defender", "reference source"]
+    minatar = reference_scores_table(["MinAtar/Seaquest-v1"]).set_index("game")
+    assert (minatar.loc["seaquest", "random"], minatar.loc["seaquest", "reference"]) == (0.09, 20.0)
 
 
 EQUAL_RUNS = [

@@ -302,7 +302,10 @@ def test_quickstart_study_completes_at_a_reduced_size(tmp_path, results, capsys)
     argv = ["--study", str(REPO / "studies" / "quickstart.yaml"), "--results", str(results)]
     assert main([*argv, "--steps", "1500", "--trials", "1", "--record-video", "1"]) == 0
     out = capsys.readouterr().out
-    assert "MinAtar/Breakout-v1: raw return" in out and "a random policy scores" in out
+    assert (
+        "MinAtar/Breakout-v1: normalised (breakout: random 0.372" in out
+        and "a random policy scores" in out
+    )
     study = load(results, "minatar:mlp__quickstart")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert all(len(t.user_attrs["run_scores"]) == 2 for t in study.trials)
@@ -685,7 +688,7 @@ def test_scores_cover_atari_100k_and_fall_back_to_raw():
         assert note.startswith("human-normalised")
     assert human_normalized(30.5, "breakout") == pytest.approx(1.0)
     assert human_normalized(-20.7, "pong") == pytest.approx(0.0)
-    transform, note = normalizer("MinAtar/Breakout-v1")
+    transform, note = normalizer("CartPole-v1")
     assert transform(3.0) == 3.0 and note.startswith("raw return")
     transform, note = normalizer("ALE/Tetris-v5")
     assert transform(3.0) == 3.0 and "no human/random reference scores for 'tetris'" in note

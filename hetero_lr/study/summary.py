@@ -8,7 +8,7 @@ it needs no plotly/kaleido install and writes PNGs offline. A figure that cannot
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -21,7 +21,16 @@ import optuna
 from mlflow.entities import Metric
 from optuna.visualization import matplotlib as ovm
 
-from hetero_lr.stats import difference_ci, iqm, overlapping, stratified_bootstrap_ci
+from hetero_lr.scores import is_normalised, normalizer
+from hetero_lr.stats import (
+    align,
+    compare,
+    difference_ci,
+    holm,
+    iqm,
+    overlapping,
+    stratified_bootstrap_ci,
+)
 from hetero_lr.study._console import now_ms, say
 
 if TYPE_CHECKING:
@@ -124,60 +133,145 @@ def search_winner(
 ) -> tuple[optuna.trial.FrozenTrial, list[optuna.trial.FrozenTrial]]:
     """The trial with the highest objective, and every trial tied with it.
 
-    Tied: the percentile-bootstrap interval of a trial's mean over its runs (resampled within
-    each environment) overlaps the best trial's. A trial without per-run scores gets a
-    zero-width interval at its value, so equal values tie.
+    Tied: the interval of the difference between a trial's mean over its runs and the best
+    trial's contains 0 (or cannot be computed: one run each). Trials of a study run the same
+    seeds, so the difference is paired (`hetero_lr.stats.difference_ci`).
     """
     best = max(complete, key=lambda t: t.value)
-    intervals = [_mean_interval(t, confidence) for t in complete]
-    tied = [complete[i] for i in overlapping(intervals, complete.index(best))]
+    best_runs = _trial_scores(best)
+    tied = [best]
+    for trial in complete:
+        if trial is best:
+            continue
+        runs = _trial_scores(trial)
+        if set(runs) != set(best_runs):
+            tied.append(trial)  # other environments: not comparable, so not ranked below
+            continue
+        a, b, paired = align(best_runs, runs)
+        _, low, _ = difference_ci(a, b, np.mean, paired=paired, reps=5_000, confidence=confidence)
+        if not low > 0:
+            tied.append(trial)
     return best, sorted(tied, key=lambda t: -t.value)
 
 
-def _mean_interval(trial: optuna.trial.FrozenTrial, confidence: float) -> tuple[float, float]:
-    scores = trial.user_attrs.get("run_scores") or [trial.value]
-    n_envs = max(1, len(trial.user_attrs.get("envs") or [None]))
-    tasks = np.array_split(np.asarray(scores, dtype=float), n_envs)  # runs are env-major
-    _, low, high = stratified_bootstrap_ci(tasks, np.mean, reps=5_000, confidence=confidence)
-    return low, high
+def _trial_scores(trial: optuna.trial.FrozenTrial) -> dict[str, dict[Any, float]]:
+    """A trial's run scores `{env: {seed: score}}` (its `run_scores` are environment-major)."""
+    scores = list(trial.user_attrs.get("run_scores") or [trial.value])
+    envs = list(trial.user_attrs.get("envs") or ["env"])
+    seeds = list(trial.user_attrs.get("run_seeds") or [])
+    per_env = np.array_split(np.asarray(scores, dtype=float), len(envs))
+    record = {"scores": {e: list(s) for e, s in zip(envs, per_env, strict=True)}, "seeds": seeds}
+    return seed_scores(f"trial {trial.number}", record)
+
+
+def seed_scores(label: str, record: dict[str, Any]) -> dict[str, dict[Any, float]]:
+    """A record's scores as `{env: {seed: score}}`: its `by_seed`, or `scores` zipped with
+    `seeds` where every environment has all of them. Otherwise the runs cannot be matched to
+    seeds and get keys of their own (`(label, i)`), so they pair with no other arm's."""
+    if record.get("by_seed"):
+        return {env: dict(runs) for env, runs in record["by_seed"].items() if runs}
+    seeds = list(record.get("seeds") or [])
+    out = {}
+    for env, scores in record["scores"].items():
+        if not scores:
+            continue
+        keys = seeds if len(seeds) == len(scores) else [(label, i) for i in range(len(scores))]
+        out[env] = dict(zip(keys, scores, strict=True))
+    return out
+
+
+def common_scale(envs: Sequence[str]) -> bool:
+    """Whether scores of `envs` can be pooled: one environment, or all normalised per env."""
+    return len(envs) <= 1 or all(is_normalised(normalizer(env)[1]) for env in envs)
 
 
 def confirmation_table(records: dict[str, Any], *, confidence: float = 0.95) -> list[dict]:
-    """Per confirmed arm: IQM of its confirmation runs with a stratified-bootstrap interval,
-    its search ("selection") score, and the IQM difference to its online family's HardCopy
-    baseline with an interval (rliable's conventions, `hetero_lr.stats`)."""
+    """Per arm: IQM of its runs with rliable's stratified-bootstrap interval, its search
+    ("selection") score, and the comparison with its online family's HardCopy baseline
+    (`hetero_lr.stats.compare`: paired where both ran the same seeds in every environment,
+    unpaired otherwise), Holm-adjusted over the arms compared.
+
+    Scores must be on the objective's scale (normalised per environment where references
+    exist). Over several environments without a common scale (`common_scale`), no pooled IQM
+    or difference is computed: `iqm` is NaN and the per-environment tables carry the result.
+    """
     rows = []
     for label, record in sorted(records.items()):
-        tasks = [s for s in record["scores"].values() if s]
+        by_seed = seed_scores(label, record)
+        tasks = [list(runs.values()) for runs in by_seed.values()]
         if not tasks:
             continue
-        estimate, low, high = stratified_bootstrap_ci(tasks, iqm, confidence=confidence)
-        row = {
+        row: dict[str, Any] = {
             "arm": label,
             "trial": record["trial"],
             "selection": record["selection"],
             "runs": sum(map(len, tasks)),
             "failed": len(record["failed"]),
-            "iqm": estimate,
-            "ci_low": low,
-            "ci_high": high,
         }
+        if common_scale(list(by_seed)):
+            estimate, low, high = stratified_bootstrap_ci(tasks, iqm, confidence=confidence)
+            row |= {"iqm": estimate, "ci_low": low, "ci_high": high}
+        else:
+            row |= {"iqm": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
         online = label.split(":")[0]
-        baseline = records.get(f"{online}:{online}@hardcopy")
-        base_tasks = [s for s in baseline["scores"].values() if s] if baseline else []
-        if base_tasks and "@" not in label:
-            diff, d_low, d_high = difference_ci(tasks, base_tasks, iqm, confidence=confidence)
-            row |= {"baseline": f"{online}:{online}@hardcopy", "diff": diff}
-            row |= {"diff_low": d_low, "diff_high": d_high}
+        baseline = f"{online}:{online}@hardcopy"
+        if "@" not in label and baseline in records and "iqm" in row and row["iqm"] == row["iqm"]:
+            base = seed_scores(baseline, records[baseline])
+            envs = sorted(set(by_seed) & set(base))
+            if envs:
+                a, b, paired = align({e: by_seed[e] for e in envs}, {e: base[e] for e in envs})
+                result = compare(a, b, iqm, paired=paired, confidence=confidence)
+                row |= {
+                    "baseline": baseline,
+                    "design": result.design,
+                    "diff": result.difference,
+                    "diff_low": result.low,
+                    "diff_high": result.high,
+                    "p_improvement": result.p_improvement,
+                    "pi_low": result.p_improvement_low,
+                    "pi_high": result.p_improvement_high,
+                    "p_value": result.p_value,
+                    "test": result.test,
+                }
         rows.append(row)
+    tested = [r for r in rows if "p_value" in r]
+    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
+        row["p_holm"] = float(adjusted)
+    return rows
+
+
+def per_env_table(records: dict[str, Any], *, confidence: float = 0.95) -> list[dict]:
+    """`confirmation_table` for each environment on its own (the secondary, per-game view;
+    the only one where environments share no scale), rows with an `env` column."""
+    envs = sorted({env for r in records.values() for env in r["scores"]})
+    rows = []
+    for env in envs:
+        one = {}
+        for label, record in records.items():
+            by_seed = seed_scores(label, record).get(env)
+            if by_seed:
+                one[label] = {
+                    "trial": record["trial"],
+                    "selection": float("nan"),
+                    "scores": {env: list(by_seed.values())},
+                    "by_seed": {env: by_seed},
+                    "failed": [],
+                }
+        for row in confirmation_table(one, confidence=confidence):
+            row.pop("selection")
+            row.pop("failed")
+            rows.append({"env": env, **row})
     return rows
 
 
 def confirmed_winner(rows: list[dict]) -> tuple[str, list[str]]:
     """The confirmed arm with the highest IQM, and every arm whose interval overlaps its own."""
-    best = max(range(len(rows)), key=lambda i: rows[i]["iqm"])
-    tied = overlapping([(r["ci_low"], r["ci_high"]) for r in rows], best)
-    return rows[best]["arm"], [rows[i]["arm"] for i in tied]
+    scored = [r for r in rows if r["iqm"] == r["iqm"]]
+    if not scored:
+        return "none (no common scale across environments)", []
+    best = max(range(len(scored)), key=lambda i: scored[i]["iqm"])
+    tied = overlapping([(r["ci_low"], r["ci_high"]) for r in scored], best)
+    return scored[best]["arm"], [scored[i]["arm"] for i in tied]
 
 
 def _winner_line(best: optuna.trial.FrozenTrial, tied: list[optuna.trial.FrozenTrial]) -> str:
@@ -195,21 +289,32 @@ def _winner_line(best: optuna.trial.FrozenTrial, tied: list[optuna.trial.FrozenT
         )
     return (
         f"search: no winner, trials {', '.join(str(t.number) for t in tied)} tied "
-        f"(95% CIs of their mean over runs overlap; highest: trial {best.number}, {pairing}, "
-        f"{best.value:.4g})"
+        f"(the paired 95% interval of each one's difference to the highest contains 0; "
+        f"highest: trial {best.number}, {pairing}, {best.value:.4g})"
     )
 
 
 def _table_line(row: dict) -> str:
     text = (
-        f"confirmed {row['arm']}: IQM {row['iqm']:.4g} [{row['ci_low']:.4g}, "
-        f"{row['ci_high']:.4g}] over {row['runs']} runs (selection {row['selection']:.4g})"
+        f"confirmed {row['arm']}: IQM {row['iqm']:.3g} [{row['ci_low']:.3g}, "
+        f"{row['ci_high']:.3g}] over {row['runs']} runs (selection {row['selection']:.3g})"
     )
     if "diff" in row:
-        text += (
-            f"; vs {row['baseline']} {row['diff']:+.4g} [{row['diff_low']:+.4g}, "
-            f"{row['diff_high']:+.4g}]"
-        )
+        text += f"; {difference_text(row)}"
+    return text
+
+
+def difference_text(row: dict) -> str:
+    """`vs BASE -3.5 [-5.6, -0.5] (paired), P(improvement) 0.08 [0, 0.3], p 0.002 (Holm 0.004)`
+    for a table row with a comparison."""
+    text = (
+        f"vs {row['baseline']} {row['diff']:+.3g} [{row['diff_low']:+.3g}, "
+        f"{row['diff_high']:+.3g}] ({row['design']}), P(improvement) "
+        f"{row['p_improvement']:.2f} [{row['pi_low']:.2f}, {row['pi_high']:.2f}], "
+        f"p {row['p_value']:.2g}"
+    )
+    if "p_holm" in row and row["p_holm"] == row["p_holm"]:
+        text += f" (Holm {row['p_holm']:.2g})"
     return text
 
 
