@@ -10,6 +10,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -19,6 +20,7 @@ from tiny_configs import TINY_STUDY as TINY
 from tiny_configs import tiny
 
 from hetero_lr.scores import ATARI_100K_GAMES, human_normalized, normalizer
+from hetero_lr.stats import difference_ci
 from hetero_lr.study import main, run_seeds
 from hetero_lr.study.preflight import check_pairings, probe_envs
 from hetero_lr.study.spec import load_study, parse_arm, suggest
@@ -364,6 +366,43 @@ def test_mlflow_view_of_a_study(tmp_path, results):
         score = run.data.metrics["objective"]
         assert run.info.run_name == f"s{k} [{score:.3g}] seed={run.data.tags['seed']}"
     assert "results.json" in {a.path for a in client.list_artifacts(study_run.info.run_id)}
+
+
+def test_each_trial_run_carries_its_interval_and_its_difference_to_the_baseline(
+    tmp_path, results, capsys
+):
+    """Trial runs log `objective_ci_*` and, against the family's HardCopy baseline, the paired
+    `delta_vs_baseline` with its interval and `p_improvement`; the study says it in words."""
+    study_file = write_study(tmp_path, baselines=["mlp"], space={"kl": [2, 4]}, trials=2, seeds=3)
+    argv = ["--study", str(study_file), "--results", str(results)]
+    assert main(argv, run_factory=fake_runs(_noise)) == 0
+    runs = mlflow_runs(results, "mlp:mlp__tiny")
+    study = load(results, "mlp:mlp__tiny")
+    base = next(t for t in study.trials if t.user_attrs["pairing"] == "mlp:mlp@hardcopy")
+    by_id = {r.info.run_id: r for r in runs["trial"]}
+    seeds = study.user_attrs["settings"]["run_seeds"]
+    for trial in study.trials:
+        metrics = by_id[trial.user_attrs["mlflow_run_id"]].data.metrics
+        assert metrics["objective_ci_low"] <= trial.value <= metrics["objective_ci_high"]
+        if trial.number == base.number:
+            assert "delta_vs_baseline" not in metrics
+            continue
+        tags = by_id[trial.user_attrs["mlflow_run_id"]].data.tags
+        assert tags["baseline"] == base.user_attrs["mlflow_run_id"]
+        scores = dict(zip(seeds, trial.user_attrs["run_scores"], strict=True))
+        base_scores = dict(zip(seeds, base.user_attrs["run_scores"], strict=True))
+        a = [[scores[s] for s in sorted(seeds)]]
+        b = [[base_scores[s] for s in sorted(seeds)]]
+        diff, low, high = difference_ci(a, b, np.mean, paired=True, reps=5_000)
+        assert metrics["delta_vs_baseline"] == pytest.approx(diff, rel=1e-3)
+        assert metrics["delta_vs_baseline_ci_low"] == pytest.approx(low, rel=1e-3)
+        assert metrics["delta_vs_baseline_ci_high"] == pytest.approx(high, rel=1e-3)
+        assert 0 <= metrics["p_improvement"] <= 1
+    (study_run,) = runs["study"]
+    assert "vs its baseline" in study_run.data.tags["mlflow.note.content"]
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    assert "comparison.json" in [a.path for a in client.list_artifacts(study_run.info.run_id)]
+    assert "vs its baseline" in capsys.readouterr().out
 
 
 def test_optuna_dashboard_reads_the_journal_and_links_mlflow(tmp_path, results):

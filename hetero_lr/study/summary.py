@@ -66,6 +66,15 @@ def finish_study(
         steps = study.user_attrs.get("settings", {}).get("config", {}).get("steps", 0)
         tracker.log_metrics(run_id, [Metric("objective", best.value, now_ms(), steps)])
         lines.append(_winner_line(best, tied))
+        rows = trial_comparisons(complete)
+        log_trial_comparisons(tracker, rows, steps)
+        ranked = sorted(
+            (r for r in rows if "delta_vs_baseline" in r), key=lambda r: -r["objective"]
+        )
+        if ranked:
+            lines.append(verdict(ranked[0]))
+            description.append("Against the baseline: " + verdict(ranked[0]) + ".")
+        tracker.log_table(run_id, _columns(rows), "comparison.json")
     confirmed = confirmation_table(study.user_attrs.get("confirmation", {}))
     if confirmed:
         tracker.log_text(run_id, _csv(confirmed), "confirmation.csv")
@@ -90,6 +99,107 @@ def finish_study(
     say(f"study {study.study_name!r}: {summary}")
     for line in lines or ["no complete trial"]:
         say(f"  {line}")
+
+
+def trial_comparisons(
+    complete: list[optuna.trial.FrozenTrial], *, confidence: float = 0.95
+) -> list[dict[str, Any]]:
+    """Per complete trial: its objective with an interval over its runs and, where the study
+    ran a HardCopy baseline of its online family, the paired difference to that baseline
+    (mean over runs, as the objective counts), P(improvement) and the sign-flip p,
+    Holm-adjusted over the trials compared."""
+    by_label = {t.user_attrs.get("pairing", ""): t for t in complete}
+    rows = []
+    for trial in complete:
+        label = trial.user_attrs.get("pairing", "")
+        runs = _trial_scores(trial)
+        tasks = [list(v.values()) for v in runs.values()]
+        _, low, high = stratified_bootstrap_ci(tasks, np.mean, reps=5_000, confidence=confidence)
+        row: dict[str, Any] = {
+            "trial": trial.number,
+            "run_id": trial.user_attrs.get("mlflow_run_id", ""),
+            "pairing": label,
+            "runs": sum(map(len, tasks)),
+            "objective": trial.value,
+            "objective_ci_low": low,
+            "objective_ci_high": high,
+        }
+        online = label.split(":")[0]
+        base = by_label.get(f"{online}:{online}@hardcopy")
+        if base is not None and base is not trial and set(_trial_scores(base)) == set(runs):
+            a, b, paired = align(runs, _trial_scores(base))
+            result = compare(a, b, np.mean, paired=paired, confidence=confidence, reps=5_000)
+            row |= {
+                "baseline": base.number,
+                "baseline_run": base.user_attrs.get("mlflow_run_id", ""),
+                "design": result.design,
+                "delta_vs_baseline": result.difference,
+                "delta_vs_baseline_ci_low": result.low,
+                "delta_vs_baseline_ci_high": result.high,
+                "p_improvement": result.p_improvement,
+                "p_value": result.p_value,
+            }
+        rows.append(row)
+    tested = [r for r in rows if "p_value" in r]
+    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
+        row["p_holm"] = float(adjusted)
+    return rows
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Rows -> the column dict `mlflow.log_table` takes, numbers made readable."""
+    keys = dict.fromkeys(k for r in rows for k in r if k not in ("run_id", "baseline_run"))
+    return {
+        k: [readable(r[k]) if isinstance(r.get(k), float) else r.get(k, "") for r in rows]
+        for k in keys
+    }
+
+
+def readable(value: float, digits: int = 4) -> float:
+    """`value` rounded to `digits` significant digits (MLflow and tables show no float noise)."""
+    if value != value or value in (float("inf"), float("-inf")) or value == 0:
+        return value
+    return float(f"{value:.{digits}g}")
+
+
+def log_trial_comparisons(tracker: Tracker, rows: list[dict[str, Any]], steps: int) -> None:
+    """Each row's numbers as metrics of its trial run, and a `baseline` tag naming the
+    baseline trial's run."""
+    keys = (
+        "objective_ci_low",
+        "objective_ci_high",
+        "delta_vs_baseline",
+        "delta_vs_baseline_ci_low",
+        "delta_vs_baseline_ci_high",
+        "p_improvement",
+    )
+    for row in rows:
+        run_id = row.get("run_id")
+        if not run_id:
+            continue
+        values = [(k, row[k]) for k in keys if k in row and row[k] == row[k]]
+        tracker.log_metrics(run_id, [Metric(k, readable(v), now_ms(), steps) for k, v in values])
+        if "baseline" in row:
+            tracker.set_tags(run_id, {"baseline": row["baseline_run"] or row["baseline"]})
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """The comparison of one trial with its baseline, in words."""
+    per = max(1, row["runs"])
+    low, high = row["delta_vs_baseline_ci_low"], row["delta_vs_baseline_ci_high"]
+    delta = row["delta_vs_baseline"]
+    head = f"trial {row['trial']} ({row['pairing']}) vs its baseline, trial {row['baseline']}"
+    if low != low:
+        return f"{head}: {delta:+.3g}, no interval from one run per environment"
+    span = f"{delta:+.3g} [{low:+.3g}, {high:+.3g}] ({row['design']}, {per} runs)"
+    if low > 0:
+        return f"{head}: better by {span}"
+    if high < 0:
+        return f"{head}: worse by {span}"
+    return (
+        f"{head}: not distinguishable with {per} runs per trial, {span}; "
+        "run --confirm K for more seeds"
+    )
 
 
 def mark_best(
