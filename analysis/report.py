@@ -680,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"logged to MLflow run {run_id} (experiment {run.info.experiment_id}): "
             f"{run.info.artifact_uri}/report/report.html; in the UI: "
             f"#/experiments/{run.info.experiment_id}/runs/{run_id}/artifacts"
+            "?workflowType=machine_learning"
         )
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import random
 import sqlite3
 import subprocess
@@ -168,24 +169,61 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+"""Experiment tags under this prefix hold a runs-table view `mlflow ui` opens from a link with
+`viewStateShareKey=KEY` (MLflow 3's `EXPERIMENT_PAGE_VIEW_STATE_SHARE_TAG_PREFIX`; the value is
+plain JSON, one of the encodings its `useSharedExperimentViewState` reads)."""
+TRIALS_VIEW = "hetero-lr-trials"
+"""The share key of a study's trial view."""
+TRIAL_COLUMNS = (
+    "metrics.`objective`",
+    "metrics.`objective_ci_low`",
+    "metrics.`objective_ci_high`",
+    "metrics.`delta_vs_baseline`",
+    "metrics.`delta_vs_baseline_ci_low`",
+    "metrics.`delta_vs_baseline_ci_high`",
+    "metrics.`p_improvement`",
+    "params.`target.kr`",
+    "params.`target.kl`",
+    "tags.`pairing`",
+    "tags.`best`",
+)
+r"""Runs-table columns of the trial view, in MLflow's canonical `TYPE.\`name\`` form."""
+
+
+def trials_view() -> dict[str, Any]:
+    """The trial view's state: trial runs only, best first, the columns a reader needs first
+    (the experiment page's query keys `searchFilter`, `orderByKey`, `orderByAsc`, and the UI
+    state key `selectedColumns`)."""
+    return {
+        "searchFilter": f"tags.`{ROLE}` = 'trial'",
+        "orderByKey": "metrics.`objective`",
+        "orderByAsc": False,
+        "selectedColumns": list(TRIAL_COLUMNS),
+    }
+
+
 def trials_link(tracking_uri: str, experiment_id: str) -> str:
     """A link to a study's trial runs in `mlflow ui`, best first, in the machine-learning view.
 
     MLflow 3's UI opens in its GenAI view unless `workflowType=machine_learning` is in the URL;
-    `searchFilter`, `orderByKey` and `orderByAsc` are the experiment page's own query keys
-    (MLflow's `EXPERIMENT_PAGE_QUERY_PARAM_KEYS`). A local store has no server: the link points
-    at `mlflow ui`'s default address.
+    `viewStateShareKey` opens the view `Tracker.share_trials_view` saved (columns included), and
+    `searchFilter`, `orderByKey` and `orderByAsc` (the experiment page's own query keys) keep
+    filter and order where that tag is missing. A local store has no server: the link points at
+    `mlflow ui`'s default address.
     """
     base = "http://127.0.0.1:5000"
     if tracking_uri.startswith("http"):  # a link never carries credentials
         parts = urlsplit(tracking_uri)
         netloc = parts.netloc.rsplit("@", 1)[-1]
         base = urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+    view = trials_view()
     query = urlencode(
         {
             "workflowType": "machine_learning",
-            "searchFilter": f"tags.`{ROLE}` = 'trial'",
-            "orderByKey": "metrics.`objective`",
+            "viewStateShareKey": TRIALS_VIEW,
+            "searchFilter": view["searchFilter"],
+            "orderByKey": view["orderByKey"],
             "orderByAsc": "false",
         },
         quote_via=quote,
@@ -244,6 +282,13 @@ class Tracker:
         if found.lifecycle_stage == "deleted":
             retry(self.client.restore_experiment, found.experiment_id)
         return found.experiment_id
+
+    def share_trials_view(self, experiment_id: str) -> None:
+        """Save the trial view (`trials_view`) as the experiment's shared view `TRIALS_VIEW`."""
+        value = json.dumps(trials_view())
+        retry(
+            self.client.set_experiment_tag, experiment_id, SHARED_VIEW_PREFIX + TRIALS_VIEW, value
+        )
 
     def study_run(self, experiment_id: str, name: str) -> str:
         """Id of the study's parent run: the existing one (resume) or a new one; RUNNING."""

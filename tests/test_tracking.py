@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from hetero_lr.tracking import END_REASON, PARENT, ROLE, MlflowLogger, Tracker, retry
+from hetero_lr.tracking import (
+    END_REASON,
+    PARENT,
+    ROLE,
+    SHARED_VIEW_PREFIX,
+    TRIALS_VIEW,
+    MlflowLogger,
+    Tracker,
+    retry,
+    trials_link,
+    trials_view,
+)
 
 LOCKED = "(sqlite3.OperationalError) database is locked"
 
@@ -147,3 +160,27 @@ def test_two_processes_writing_one_sqlite_database_lose_nothing(tracker):
     for i in range(2):
         history = tracker.client.get_metric_history(runs[i], f"m{i}")
         assert sorted(m.step for m in history) == list(range(n))
+
+
+def test_the_shared_view_format_is_the_one_the_installed_mlflow_ui_reads():
+    """The trial view is an experiment tag the UI finds by prefix and reads as JSON with the
+    experiment page's keys; this fails when an MLflow upgrade renames any of them."""
+    import mlflow
+
+    build = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    bundle = "".join(p.read_text(errors="ignore") for p in build.glob("*.js"))
+    assert f'"{SHARED_VIEW_PREFIX}"' in bundle and '"viewStateShareKey"' in bundle
+    for key in trials_view():
+        assert f'"{key}"' in bundle, key
+    assert "JSON.parse" in bundle and "workflowType" in bundle
+
+
+def test_the_study_saves_its_trial_view_and_links_to_it(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.prepare()
+    experiment = tracker.experiment("s")
+    tracker.share_trials_view(experiment)
+    tags = tracker.client.get_experiment(experiment).tags
+    assert json.loads(tags[SHARED_VIEW_PREFIX + TRIALS_VIEW]) == trials_view()
+    link = trials_link(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment)
+    assert f"viewStateShareKey={TRIALS_VIEW}" in link and "workflowType=machine_learning" in link

@@ -59,6 +59,7 @@ def _run_study(settings: StudySettings, run_factory: RunFactory) -> int:
     experiment_id = tracker.experiment(settings.study_name)
     study_run_id = tracker.study_run(experiment_id, settings.study_name)
     _record_provenance(study, tracker, study_run_id, settings)
+    tracker.share_trials_view(experiment_id)
     link = trials_link(settings.tracking_uri, experiment_id)
     say(f"trials in mlflow ui: {link}")
     _recover(study, settings)

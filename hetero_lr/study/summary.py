@@ -235,7 +235,10 @@ def _link(trial: optuna.trial.FrozenTrial, text: str) -> str:
     run_id, experiment = trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("experiment")
     if not run_id or not experiment:
         return ""
-    return f"[{text}: trial {trial.number}](#/experiments/{experiment}/runs/{run_id})"
+    return (
+        f"[{text}: trial {trial.number}]"
+        f"(#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning)"
+    )
 
 
 def search_winner(
