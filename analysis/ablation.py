@@ -32,7 +32,8 @@ from analysis.compare import method_text
 from analysis.load import load_study_data
 from analysis.page import Section, to_markdown
 from analysis.pool import normalised
-from hetero_lr.stats import compare, holm, stratified_bootstrap_ci
+from hetero_lr.stats import compare, stratified_bootstrap_ci
+from hetero_lr.study.summary import with_holm
 
 GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 ARMS = {
@@ -154,9 +155,7 @@ def contrasts_table(
                     **result.as_dict(),
                 }
             )
-        for row, adjusted in zip(block, holm([r["p_value"] for r in block]), strict=True):
-            row["p_holm"] = float(adjusted)
-        rows += block
+        rows += with_holm(block)
     table = pd.DataFrame(rows)
     if per_game and len(table):
         table = table.rename(columns={"games": "env"})

@@ -140,10 +140,7 @@ def trial_comparisons(
                 "p_value": result.p_value,
             }
         rows.append(row)
-    tested = [r for r in rows if "p_value" in r]
-    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
-        row["p_holm"] = float(adjusted)
-    return rows
+    return with_holm(rows)
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list]:
@@ -153,6 +150,14 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, list]:
         k: [readable(r[k]) if isinstance(r.get(k), float) else r.get(k, "") for r in rows]
         for k in keys
     }
+
+
+def with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows`, each with a `p_value` also given `p_holm`: Holm's adjustment over those rows."""
+    tested = [r for r in rows if "p_value" in r]
+    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
+        row["p_holm"] = float(adjusted)
+    return rows
 
 
 def readable(value: float, digits: int = 4) -> float:
@@ -347,10 +352,7 @@ def confirmation_table(records: dict[str, Any], *, confidence: float = 0.95) -> 
                     "test": result.test,
                 }
         rows.append(row)
-    tested = [r for r in rows if "p_value" in r]
-    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
-        row["p_holm"] = float(adjusted)
-    return rows
+    return with_holm(rows)
 
 
 def per_env_table(records: dict[str, Any], *, confidence: float = 0.95) -> list[dict]:
