@@ -212,11 +212,6 @@ def trials_link(tracking_uri: str, experiment_id: str) -> str:
     filter and order where that tag is missing. A local store has no server: the link points at
     `mlflow ui`'s default address.
     """
-    base = "http://127.0.0.1:5000"
-    if tracking_uri.startswith("http"):  # a link never carries credentials
-        parts = urlsplit(tracking_uri)
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        base = urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
     view = trials_view()
     query = urlencode(
         {
@@ -228,7 +223,25 @@ def trials_link(tracking_uri: str, experiment_id: str) -> str:
         },
         quote_via=quote,
     )
-    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where `mlflow ui` serves this store: the server itself (without credentials), or the
+    UI's default local address for a store without a server."""
+    if not tracking_uri.startswith("http"):
+        return "http://127.0.0.1:5000"
+    parts = urlsplit(tracking_uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]  # a link never carries credentials
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A link to one run's page in `mlflow ui`, machine-learning view."""
+    return (
+        f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+        "?workflowType=machine_learning"
+    )
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:

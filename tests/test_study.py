@@ -442,6 +442,11 @@ def test_optuna_dashboard_reads_the_journal_and_links_mlflow(tmp_path, results):
         runs = mlflow_runs(results, "mlp:mlp__tiny")["trial"]
         assert attrs["mlflow_run_id"] in {r.info.run_id for r in runs}
         assert attrs["experiment"] == runs[0].info.experiment_id
+        # The value has a name, the study and each trial a note linking their MLflow run.
+        assert detail["objective_names"] == ["objective"]  # study.set_metric_names
+        assert detail["note"]["body"].startswith("tiny")
+        body = detail["trials"][0]["note"]["body"]
+        assert "objective" in body and "#/experiments/" in body and "workflowType" in body
     finally:
         server.terminate()
         server.wait(timeout=60)

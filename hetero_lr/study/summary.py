@@ -32,6 +32,7 @@ from hetero_lr.stats import (
     stratified_bootstrap_ci,
 )
 from hetero_lr.study._console import now_ms, say
+from hetero_lr.tracking import run_link
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -74,6 +75,7 @@ def finish_study(
         if ranked:
             lines.append(verdict(ranked[0]))
             description.append("Against the baseline: " + verdict(ranked[0]) + ".")
+        dashboard_notes(study, complete, rows, tracker.tracking_uri, description)
         tracker.log_table(run_id, _columns(rows), "comparison.json")
     confirmed = confirmation_table(study.user_attrs.get("confirmation", {}))
     if confirmed:
@@ -186,6 +188,37 @@ def log_trial_comparisons(tracker: Tracker, rows: list[dict[str, Any]], steps: i
         tracker.log_metrics(run_id, [Metric(k, readable(v), now_ms(), steps) for k, v in values])
         if "baseline" in row:
             tracker.set_tags(run_id, {"baseline": row["baseline_run"] or row["baseline"]})
+
+
+def dashboard_notes(
+    study: optuna.Study,
+    complete: list[optuna.trial.FrozenTrial],
+    rows: list[dict[str, Any]],
+    tracking_uri: str,
+    description: list[str],
+) -> None:
+    """optuna-dashboard notes (Markdown): the study's description and verdict, and per trial
+    its numbers and a link to its MLflow run. Skipped without the `dashboard` extra."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    save_note(study, "\n\n".join(line for line in description if line))
+    by_number = {t.number: t for t in complete}
+    for row in rows:
+        trial = by_number[row["trial"]]
+        text = [
+            f"**{row['pairing']}**: objective {row['objective']:.4g} "
+            f"[{row['objective_ci_low']:.4g}, {row['objective_ci_high']:.4g}] over "
+            f"{row['runs']} runs (95%)."
+        ]
+        if "delta_vs_baseline" in row:
+            text.append(verdict(row) + f"; P(improvement) {row['p_improvement']:.2f}.")
+        experiment = trial.user_attrs.get("experiment")
+        if row["run_id"] and experiment:
+            link = run_link(tracking_uri, experiment, row["run_id"])
+            text.append(f"[MLflow run]({link})")
+        save_note(optuna.trial.Trial(study, trial._trial_id), "\n\n".join(text))
 
 
 def verdict(row: dict[str, Any]) -> str:
