@@ -215,7 +215,7 @@ def normalizer(env_id: str) -> tuple[Callable[[float], float], str]:
         low, high = MINATAR_RANDOM_SCORES[minatar], MINATAR_REFERENCE_SCORES[minatar]
         return (
             lambda score: (score - low) / (high - low),
-            f"normalised ({minatar}: random {low}, reference {high}, DQN at 5M frames, "
+            f"normalised score ({minatar}: random {low}, reference {high}, DQN at 5M frames, "
             "Young & Tian 2019)",
         )
     game = atari_game(env_id)

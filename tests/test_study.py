@@ -305,7 +305,7 @@ def test_quickstart_study_completes_at_a_reduced_size(tmp_path, results, capsys)
     assert main([*argv, "--steps", "1500", "--trials", "1", "--record-video", "1"]) == 0
     out = capsys.readouterr().out
     assert (
-        "MinAtar/Breakout-v1: normalised (breakout: random 0.372" in out
+        "MinAtar/Breakout-v1: normalised score (breakout: random 0.372" in out
         and "a random policy scores" in out
     )
     study = load(results, "minatar:mlp__quickstart")

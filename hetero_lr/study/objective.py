@@ -83,6 +83,7 @@ class Objective:
             worker_prefix(self.worker, self.s.workers),
         )
         envs = ", ".join(spec.env_ids)
+        self.title = f"Trial {trial.number} of {self.s.study_name}: {arm.label}{shown}"
         self.description = (
             f"Trial {trial.number} of study `{self.s.study_name}`: {arm.label}{shown}, "
             f"{len(runs)} runs ({len(self.s.run_seeds)} seeds on {envs}), scored by the mean "
@@ -276,7 +277,7 @@ class Objective:
         ]
         self.tracker.log_metrics(run_id, metrics)
         runs = {slot.name: (slot.steps, slot.scores) for slot in slots}
-        figure = trial_curve(runs, title=self.description.split(":")[0], ylabel=slots[0].note)
+        figure = trial_curve(runs, title=self.title, ylabel=slots[0].note)
         self.tracker.log_figure(run_id, figure, "curve.png")
         plt.close(figure)
 

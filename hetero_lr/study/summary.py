@@ -518,8 +518,9 @@ def objective_by_pairing(study: optuna.Study) -> Figure:
         ax.scatter(x, values, alpha=0.6, label=None)
         ax.scatter([i], [max(values)], marker="_", s=600, color="black")
     ax.set_xticks(range(len(by_arm)), sorted(by_arm), rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(by_arm) - 0.4)  # the best-trial bars stay inside the axes
     ax.set_ylabel("objective (trial mean over runs)")
-    ax.set_title(f"{study.study_name}: objective per pairing (bar: best)")
+    ax.set_title(f"{study.study_name}\nobjective per pairing (bar: best)", fontsize="medium")
     fig.tight_layout()
     return fig
 
