@@ -114,7 +114,10 @@ def test_mini_study_end_to_end(tmp_path, results, capsys):
         assert "objective constant" in parent.data.tags["figures.skipped"]
         assert "figures/param_importances.png" not in figures
     else:
-        assert {"figures/optimization_history.png", "figures/param_importances.png"} <= figures
+        assert "figures/optimization_history.png" in figures
+        # Two searched trials: too few for importances, and the study says so.
+        assert "figures/param_importances.png" not in figures
+        assert "importances need at least 10" in parent.data.tags["figures.skipped"]
     assert len(runs["trial"]) == 3 and len(runs["seed"]) == 6
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs["trial"]}
     for t in trials:

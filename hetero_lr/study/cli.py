@@ -228,7 +228,8 @@ def banner(
         f"  seeds      {spec.seeds} per trial {list(settings.run_seeds)} (study seed {spec.seed})"
         + (f"; confirmation on {spec.confirm} fresh seeds" if spec.confirm else ""),
         f"  space      {'; '.join(p.describe() for p in spec.space) or '(pairing only)'}",
-        f"  trials     {spec.trials} (+ baselines not yet run)   sampler {spec.sampler}   "
+        f"  trials     {spec.trials} + {len(spec.baseline_arms)} baselines (each run once)   "
+        f"sampler {spec.sampler}   "
         f"pruner {spec.pruner}   workers {settings.workers}",
         f"  storage    {masked(settings.storage)}",
         *(

@@ -568,11 +568,21 @@ def log_study_figures(study: optuna.Study, tracker: Tracker, run_id: str) -> lis
     return skipped
 
 
+MIN_IMPORTANCE_TRIALS = 10
+"""Fewer complete searched trials than this make fANOVA importances noise, so none are drawn."""
+
+
 def _constant_data(study: optuna.Study) -> dict[str, str]:
-    """Figures whose data would be constant -> the reason (they would plot rounding noise)."""
+    """Figures whose data would be constant or too thin -> the reason (they would plot noise)."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     values = {t.value for t in complete}
     skip = {}
+    searched = [t for t in complete if "@" not in t.user_attrs.get("pairing", "")]
+    if len(searched) < MIN_IMPORTANCE_TRIALS:
+        skip["figures/param_importances.png"] = (
+            f"{len(searched)} complete searched trials; importances need at least "
+            f"{MIN_IMPORTANCE_TRIALS}"
+        )
     if len(complete) > 1 and len(values) == 1:
         reason = (
             f"objective constant ({len(complete)} complete trials all scored {values.pop():.4g})"
