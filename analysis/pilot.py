@@ -73,7 +73,9 @@ def pilot_table(data: StudyData, *, window: int = 25_000) -> pd.DataFrame:
                 "replicate_after": after[after.index > late].mean(),
             }
         )
-    return pd.DataFrame(rows).sort_values(["trial", "env"], ignore_index=True)
+    table = pd.DataFrame(rows).sort_values(["trial", "env"], ignore_index=True)
+    table["replicate_ratio"] = table["replicate_after"] / table["replicate_before"]
+    return table
 
 
 def select(

@@ -143,7 +143,8 @@ def difference_ci(
     Paired: each replicate resamples seed indices once per task, for both arms (run i of a
     task in `a` and in `b` ran the same seed). Unpaired: each arm is resampled on its own,
     within each task. The interval is the percentile interval's distance from the estimate,
-    widened by `_expansion`; it is `(nan, nan)` when no task has two runs (no spread to see).
+    widened by `_expansion`; it is `(nan, nan)` when a task has fewer than two runs (its spread
+    cannot be seen).
 
     Raises:
         ValueError: `paired` with run counts that differ in some task.

@@ -53,10 +53,10 @@ def _run_study(settings: StudySettings, run_factory: RunFactory) -> int:
             pruner=make_pruner(spec),
         )
     study.sampler = make_sampler(spec, worker=0, n_existing=len(study.trials))
+    check_fingerprint(study, settings)  # before anything else is written
     with warnings.catch_warnings():  # ExperimentalWarning: the dashboard's name for the value
         warnings.simplefilter("ignore")
         study.set_metric_names(["objective"])
-    check_fingerprint(study, settings)  # before anything else is written
     tracker = Tracker(settings.tracking_uri, artifact_root=settings.artifact_root)
     tracker.prepare()
     experiment_id = tracker.experiment(settings.study_name)
