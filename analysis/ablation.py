@@ -32,7 +32,7 @@ from analysis.compare import method_text
 from analysis.load import load_study_data
 from analysis.page import Section, to_markdown
 from analysis.pool import normalised
-from hetero_lr.stats import compare, stratified_bootstrap_ci
+from hetero_lr.stats import align, compare, stratified_bootstrap_ci
 from hetero_lr.study.summary import with_holm
 
 GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
@@ -120,16 +120,12 @@ def _contrast(runs: pd.DataFrame, arm: str, base: str, envs: Sequence[str], conf
     shared = sorted(set(a) & set(b))
     if not shared:
         return None
-    a, b = {e: a[e] for e in shared}, {e: b[e] for e in shared}
-    paired = all(set(a[e]) == set(b[e]) for e in shared)
-    seeds = {e: sorted(set(a[e]) & set(b[e])) for e in shared}
-    if not paired and all(len(s) >= 2 for s in seeds.values()):
+    seeds = {e: set(a[e]) & set(b[e]) for e in shared}
+    if all(len(s) >= 2 for s in seeds.values()):
         # A failed run leaves its partner without a pair: compare the seeds both finished.
         a = {e: {s: a[e][s] for s in seeds[e]} for e in shared}
         b = {e: {s: b[e][s] for s in seeds[e]} for e in shared}
-        paired = True
-    a_lists = [[a[e][s] for s in sorted(a[e])] for e in shared]
-    b_lists = [[b[e][s] for s in sorted(b[e])] for e in shared]
+    a_lists, b_lists, paired = align({e: a[e] for e in shared}, {e: b[e] for e in shared})
     return shared, compare(a_lists, b_lists, paired=paired, confidence=confidence)
 
 
