@@ -30,8 +30,8 @@ import pandas as pd
 
 from analysis.compare import method_text
 from analysis.load import load_study_data
-from analysis.page import Section, to_markdown
 from analysis.pool import normalised
+from hetero_lr.page import Section, to_markdown
 from hetero_lr.stats import align, compare, stratified_bootstrap_ci
 from hetero_lr.study.summary import with_holm
 

@@ -27,8 +27,9 @@ from analysis import plots
 from analysis.curves import curve_bands
 from analysis.headline import Headline, build_headline, preregistered_trials, trial_records
 from analysis.load import StudyData, load_curves, load_study_data
-from analysis.page import Section, to_html, to_markdown
+from hetero_lr.page import Section, to_html, to_markdown
 from hetero_lr.scores import normalizer
+from hetero_lr.study.spec import recorded_config
 from hetero_lr.study.summary import (
     common_scale,
     confirmation_table,
@@ -120,7 +121,7 @@ def arm_settings(comparison: Comparison) -> pd.DataFrame:
     for arm, record in sorted(comparison.records.items()):
         data, headline = comparison.studies[comparison.study_of[arm]]
         trial = trials[(comparison.study_of[arm], int(record["trial"]))]
-        config = trial.user_attrs.get("config", {})
+        config = recorded_config(data.study, trial)
         row = {"arm": arm, "study": data.study.study_name, "kind": headline.kind}
         rule = config.get("target.rule", "")
         for key in SETTINGS:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from analysis.load import StudyData, load_study_data
 from hetero_lr.envs import reward_scale
+from hetero_lr.study.spec import recorded_config
 
 FALLBACK = {"kr": 100, "target.lr": 1e-3}
 """DESIGN.md's reference point, run when no pilot setting meets the rule."""
@@ -48,7 +49,7 @@ def pilot_table(data: StudyData, *, window: int = 25_000) -> pd.DataFrame:
     rows = []
     for run in data.runs.itertuples():
         trial = trials[run.trial]
-        config = trial.user_attrs.get("config", {})
+        config = recorded_config(data.study, trial)
         gamma = float(config.get("agent.gamma", 0.99))
         steps = int(config.get("steps", 0))
         q = _history(data, run.run_id, "q/online_abs_mean")

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.compare import arm_line, method_text
-from analysis.page import Section, to_markdown
+from hetero_lr.page import Section, to_markdown
 from hetero_lr.scores import normalizer
 from hetero_lr.stats import iqm
 from hetero_lr.study.summary import confirmation_table

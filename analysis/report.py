@@ -53,8 +53,8 @@ from analysis.headline import (
     pairing_matrix,
 )
 from analysis.load import StudyData, best_trials, load_curves, load_study_data, study_run
-from analysis.page import Section, markdown_table, to_html, to_markdown
 from analysis.stats import iqm, stratified_bootstrap_ci
+from hetero_lr.page import Section, markdown_table, to_html, to_markdown
 from hetero_lr.scores import (
     HUMAN_SCORES,
     MINATAR_RANDOM_SCORES,

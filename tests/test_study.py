@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from hetero_lr.scores import ATARI_100K_GAMES, human_normalized, normalizer
 from hetero_lr.stats import difference_ci
 from hetero_lr.study import main, run_seeds
 from hetero_lr.study.preflight import check_pairings, probe_envs
-from hetero_lr.study.spec import load_study, parse_arm, suggest
+from hetero_lr.study.spec import load_study, parse_arm, recorded_config, suggest
 from hetero_lr.study.storage import check_storage_url
 from hetero_lr.tracking import END_REASON, ROLE
 
@@ -91,13 +92,14 @@ def test_mini_study_end_to_end(tmp_path, results, capsys):
     for t in trials[1:]:
         assert t.user_attrs["pairing"] == "mlp:mlp"
         assert set(t.params) == {"pair", "kr", "kl"}
-        assert t.user_attrs["config"]["target.kr"] == t.params["kr"]
+        assert "config" not in t.user_attrs  # a file on the trial run (optuna-dashboard width)
+        assert recorded_config(study, t)["target.kr"] == t.params["kr"]
     for t in trials:
         assert t.user_attrs["run_seeds"] == seeds
         assert len(t.user_attrs["run_scores"]) == 2
         assert t.value == pytest.approx(sum(t.user_attrs["run_scores"]) / 2)
-        # Lockstep: one report per evaluation, the mean over both seeds' evaluations.
-        assert sorted(t.intermediate_values) == list(range(3))
+        # Lockstep: one report per evaluation at its agent step, the mean over both seeds.
+        assert sorted(t.intermediate_values) == [100, 200, 300]
     assert study.user_attrs["run_seeds"] == seeds and study.user_attrs["settings_hash"]
     assert not list((results / "checkpoints").rglob("checkpoint.pt"))  # removed after runs
 
@@ -179,6 +181,11 @@ def test_pruned_and_failed_trials_end_their_runs_and_the_study_goes_on(tmp_path,
     assert "diverged" in failed.data.tags[END_REASON]
     assert re.search(r"CartPole-v1 seed \d+: diverged", failed.data.tags[END_REASON])  # which run
     assert trial_runs[("1", "20")].info.status == "FINISHED"
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    # The pruned trial's curve up to the evaluation that pruned it, as for complete trials.
+    assert "curve.png" in {a.path for a in client.list_artifacts(pruned.info.run_id)}
+    history = client.get_metric_history(pruned.info.run_id, "eval/score_mean")
+    assert [m.step for m in history] == [100]
     for trial_run in (pruned, failed):
         (seed_run,) = [
             r for r in runs["seed"] if r.data.tags["mlflow.parentRunId"] == trial_run.info.run_id
@@ -209,11 +216,11 @@ def test_pruning_judges_the_mean_over_seeds_not_the_first_seed(tmp_path, results
     assert main(["--study", str(study_file), "--results", str(results)], run_factory=factory) == 0
     baseline, searched = load(results, "mlp:mlp__tiny").trials
     assert baseline.state.name == "COMPLETE" and baseline.intermediate_values == {
-        0: 50.0,
-        1: 50.0,
-        2: 50.0,
-    }
-    assert searched.state.name == "PRUNED" and searched.intermediate_values == {0: 45.0}
+        100: 50.0,
+        200: 50.0,
+        300: 50.0,
+    }  # by agent step
+    assert searched.state.name == "PRUNED" and searched.intermediate_values == {100: 45.0}
     assert "mean score 45 over 2 runs" in searched.user_attrs["end_reason"]
 
     # The old rule on the same scores: the trial is never pruned.
@@ -351,11 +358,18 @@ def test_mlflow_view_of_a_study(tmp_path, results):
             assert "target.kr" not in params and params["target.period"] == "2000"
         else:
             assert params["target.kl"] == str(trial.params["kl"]) and "target.period" not in params
-        assert "curve.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/score_mean")]
-        assert steps == [100, 200, 300]  # agent steps
-        index = "optuna/intermediate_value_by_evaluation"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, index)] == [0, 1, 2]
+        assert {"curve.png", "config.json"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)
+        }
+        config = json.loads(
+            Path(client.download_artifacts(run.info.run_id, "config.json")).read_text()
+        )
+        assert config["run_seeds"] == list(run_seeds(0, 2))
+        # The storage's record, without where it ran (device, threads), is the same settings.
+        assert recorded_config(study, trial).items() <= config.items()
+        history = client.get_metric_history(run.info.run_id, "eval/score_mean")
+        # agent steps; the values the pruner saw
+        assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)
     marked = [r for r in runs["trial"] if r.data.tags.get("best")]
     if study_run.data.tags["best.tie"] == "no":
         (winner,) = marked
@@ -406,6 +420,36 @@ def test_each_trial_run_carries_its_interval_and_its_difference_to_the_baseline(
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     assert "comparison.json" in [a.path for a in client.list_artifacts(study_run.info.run_id)]
     assert "vs its baseline" in capsys.readouterr().out
+
+
+def test_every_study_ends_with_its_report_on_the_study_run(tmp_path, results):
+    """`report.html` on the study run: the verdict, a row per complete trial linking its run in
+    the machine-learning view with its interval and its difference to the baseline, and the
+    curves (one embedded figure, drawn from each trial run's `curves.json`)."""
+    study_file = write_study(tmp_path, baselines=["mlp"], space={"kl": [2, 4]}, trials=2, seeds=3)
+    argv = ["--study", str(study_file), "--results", str(results)]
+    assert main(argv, run_factory=fake_runs(_noise)) == 0
+    runs = mlflow_runs(results, "mlp:mlp__tiny")
+    study = load(results, "mlp:mlp__tiny")
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    (study_run,) = runs["study"]
+    page = Path(client.download_artifacts(study_run.info.run_id, "report.html")).read_text()
+    assert "vs its baseline" in page and "Δ vs baseline [95% CI]" in page
+    links = [link for link in re.findall(r'href="([^"]+)"', page) if not link.startswith("#")]
+    for trial in study.trials:
+        run_id = trial.user_attrs["mlflow_run_id"]
+        assert any(run_id in link for link in links)
+        curves = json.loads(Path(client.download_artifacts(run_id, "curves.json")).read_text())
+        assert curves["steps"] == [100, 200, 300] and len(curves["runs"]) == 3
+        mean = np.mean(list(curves["runs"].values()), axis=0)
+        assert dict(zip(curves["steps"], mean, strict=True)) == pytest.approx(
+            trial.intermediate_values
+        )
+    assert links and all("workflowType=machine_learning" in link for link in links)
+    assert page.count("data:image/png;base64,") == 1
+    searched = [t for t in study.trials if "@" not in t.user_attrs["pairing"]]
+    for trial in searched:  # each searched trial's row shows its difference to the baseline
+        assert f"{trial.user_attrs['pairing']}</td><td>kl={trial.params['kl']}</td>" in page
 
 
 def test_optuna_dashboard_reads_the_journal_and_links_mlflow(tmp_path, results):
@@ -624,12 +668,8 @@ def test_two_workers_lose_no_mlflow_writes(tmp_path, results):
         assert [m.step for m in history] == [100, 200, 300]
         assert len(run.data.params) > 50
     for run in runs["trial"]:
-        assert sorted(
-            int(m.step)
-            for m in client.get_metric_history(
-                run.info.run_id, "optuna/intermediate_value_by_evaluation"
-            )
-        ) == [0, 1, 2]
+        history = client.get_metric_history(run.info.run_id, "eval/score_mean")
+        assert sorted(m.step for m in history) == [100, 200, 300]
 
 
 @pytest.mark.slow

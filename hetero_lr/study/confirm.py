@@ -38,7 +38,7 @@ import numpy as np
 import optuna
 from mlflow.entities import Metric
 
-from hetero_lr.config import TrainConfig, from_dict
+from hetero_lr.config import TrainConfig
 from hetero_lr.study._console import now_ms, say, worker_prefix
 from hetero_lr.study.recovery import (
     Interrupted,
@@ -49,7 +49,7 @@ from hetero_lr.study.recovery import (
 )
 from hetero_lr.study.runs import RunFactory, RunSlot, eval_steps, share_cores
 from hetero_lr.study.settings import StudySettings
-from hetero_lr.study.spec import StudySpec
+from hetero_lr.study.spec import StudySpec, trial_config
 from hetero_lr.study.storage import open_storage
 from hetero_lr.tracking import PARENT, RunStatus, Tracker, retry
 
@@ -105,18 +105,6 @@ def candidates(study: optuna.Study, spec: StudySpec) -> dict[str, optuna.trial.F
     return chosen
 
 
-def trial_config(trial: optuna.trial.FrozenTrial) -> TrainConfig:
-    """The resolved settings a trial ran with (its `config` user attribute)."""
-    nested: dict[str, Any] = {}
-    for key, value in trial.user_attrs["config"].items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return from_dict(TrainConfig, nested)
-
-
 def run_confirmation(
     study: optuna.Study,
     settings: StudySettings,
@@ -153,7 +141,7 @@ def run_confirmation(
         parents[label] = _open_parent(
             study, attrs, tracker, experiment_id, study_run_id, label, trial, seeds, about
         )
-        runs = _runs(label, trial, seeds, spec.env_ids, parents[label])
+        runs = _runs(label, trial, seeds, spec, parents[label])
         left = [job for job in runs if not _recorded(attrs.get(job.key), trial.number, seeds)]
         say(f"confirming {label} (trial {trial.number}) on {len(seeds)} fresh seeds: "
             f"{len(left)} of {len(runs)} runs to go")  # fmt: skip
@@ -265,11 +253,11 @@ def _runs(
     label: str,
     trial: optuna.trial.FrozenTrial,
     seeds: tuple[int, ...],
-    env_ids: tuple[str, ...],
+    spec: StudySpec,
     parent_run_id: str,
 ) -> list[ConfirmRun]:
     """The arm's runs: each environment with each seed, in that order."""
-    cfg = trial_config(trial)
+    cfg, env_ids = trial_config(trial, spec), spec.env_ids
     return [
         ConfirmRun(
             label,
@@ -404,7 +392,7 @@ def _assemble(
     tracker.set_tags(parent, {"selection": trial.value, "confirm.failed": len(failed)})
     tracker.log_params(parent, {"confirm_seeds": ",".join(map(str, seeds))})
     if pooled:
-        steps = trial_config(trial).steps
+        steps = trial_config(trial, spec).steps
         tracker.log_metrics(parent, [Metric("objective", float(np.mean(pooled)), now_ms(), steps)])
     outcome = f"mean score {np.mean(pooled):.4g} over {len(pooled)} runs" if pooled else ""
     about = _about(label, trial, seeds, len(spec.env_ids))

@@ -73,7 +73,7 @@ class Objective:
         trial.set_user_attr("envs", list(spec.env_ids))
         trial.set_user_attr("worker", worker_id())
         record = frozen(trial)
-        self.inherited = set(record.intermediate_values)  # a retry's earlier evaluations
+        self.inherited = set(record.intermediate_values)  # steps a retried trial reported
         history = record.system_attrs.get("retry_history") or []
         self.resumes = history[-1] if history else None  # the trial this one retries
         self.checkpoints = TrialCheckpoints(self.s.checkpoints, self.s.study_name, origin(record))
@@ -112,6 +112,13 @@ class Objective:
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("experiment", self.experiment_id)
         self.tracker.log_params(run_id, self._trial_params(trial, arm, cfg))
+        # The whole resolved config as a file: as an Optuna attribute it made optuna-dashboard's
+        # trial page thousands of pixels wide (`spec.trial_config` rebuilds it from the params).
+        config = flatten(cfg)
+        config.pop("seed")  # each run has its own (`run_seeds`)
+        self.tracker.log_dict(
+            run_id, {**config, "run_seeds": list(self.s.run_seeds)}, "config.json"
+        )
         try:
             value = self._run_all(trial, arm, cfg, run_id, runs)
         except optuna.TrialPruned as err:
@@ -186,6 +193,8 @@ class Objective:
             if isinstance(err, Interrupted):  # every run is at a clean step: keep it
                 for slot in slots:
                     self.checkpoints.save(slot)
+            if isinstance(err, optuna.TrialPruned):  # the curve that got it pruned
+                self._log_curve(run_id, slots)
             pruned = isinstance(err, optuna.TrialPruned | KeyboardInterrupt)
             for slot in slots:
                 slot.end("KILLED" if pruned else "FAILED", f"{type(err).__name__}: {err}")
@@ -234,12 +243,11 @@ class Objective:
             value = float(np.mean([slot.advance(step) for slot in slots]))
             for slot in slots:
                 self.checkpoints.save(slot)
-            if index in self.inherited:  # reported by the trial this one resumes
+            if step in self.inherited:  # reported by the trial this one resumes
                 continue
-            trial.report(value, index)
-            # Optuna's step is the evaluation index; the name says so (curves use agent steps).
-            metric = Metric("optuna/intermediate_value_by_evaluation", value, now_ms(), index)
-            self.tracker.log_metrics(run_id, [metric])
+            # Optuna's step is the agent step, as on every curve (`eval/score_mean` is this
+            # value); `storage.make_pruner` sets the warm-up in agent steps to match.
+            trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned by {spec.pruner} at evaluation {index + 1} (agent step {step}): "
@@ -266,17 +274,30 @@ class Objective:
 
     def _log_curve(self, run_id: str, slots: list[RunSlot]) -> None:
         """The trial's learning curve: the objective's score per evaluation, mean over runs,
-        as a metric by agent step and as a figure with each run's curve (`curve.png`)."""
+        as a metric by agent step and as a figure with each run's curve (`curve.png`).
+        A pruned trial's curve ends at the evaluation that got it pruned."""
+        from hetero_lr.study.report import CURVES
         from hetero_lr.study.summary import plt, trial_curve
 
-        mean = np.mean([slot.scores for slot in slots], axis=0)
+        slots = [slot for slot in slots if slot.scores]  # one by one: the runs that started
+        if not slots:
+            return
+        done = min(len(slot.scores) for slot in slots)
+        steps = slots[0].steps[:done]
+        runs = {slot.name: (steps, slot.scores[:done]) for slot in slots}
+        mean = np.mean([scores for _, scores in runs.values()], axis=0)
         now = now_ms()
         metrics = [
             Metric("eval/score_mean", float(v), now, int(step))
-            for step, v in zip(slots[0].steps, mean, strict=True)
+            for step, v in zip(steps, mean, strict=True)
         ]
         self.tracker.log_metrics(run_id, metrics)
-        runs = {slot.name: (slot.steps, slot.scores) for slot in slots}
+        curves = {
+            "steps": steps,
+            "runs": {k: v[1] for k, v in runs.items()},
+            "scale": slots[0].note,
+        }
+        self.tracker.log_dict(run_id, curves, CURVES)  # the study's report.html draws these
         figure = trial_curve(runs, title=self.title, ylabel=slots[0].note)
         self.tracker.log_figure(run_id, figure, "curve.png")
         plt.close(figure)

@@ -430,8 +430,8 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> tuple[Arm, TrainConfig]:
     """Sample a trial's arm and settings and convert them to a `TrainConfig`.
 
     An enqueued baseline trial carries its arm in the user attribute `baseline` and samples
-    nothing: KR and KL mean nothing to HardCopy. Every trial records its arm (`pairing`) and
-    resolved settings (`config`) as user attributes.
+    nothing: KR and KL mean nothing to HardCopy. Every trial records its arm (`pairing`) as a
+    user attribute; `trial_config` rebuilds its settings.
     """
     if "baseline" in trial.user_attrs:
         arm = parse_arm(trial.user_attrs["baseline"], check_networks=False)
@@ -442,8 +442,27 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> tuple[Arm, TrainConfig]:
         arm = spec.pairings[labels.index(label)]
         cfg = convert(spec.base, {p.name: p.suggest(trial) for p in spec.space}, arm)
     trial.set_user_attr("pairing", arm.label)
-    trial.set_user_attr("config", flatten(cfg))
     return arm, cfg
+
+
+def trial_config(trial: optuna.trial.FrozenTrial, spec: StudySpec) -> TrainConfig:
+    """The settings a trial ran with, rebuilt from its arm and parameters as `suggest` built
+    them (the settings check on resume makes `spec` the one the study ran under)."""
+    arm = parse_arm(trial.user_attrs["pairing"], check_networks=False)
+    return convert(spec.base, {k: v for k, v in trial.params.items() if k != "pair"}, arm)
+
+
+def recorded_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A trial's resolved settings as dotted keys, from the study's storage alone (analysis
+    without the study file): the study's recorded base settings with the trial's arm and
+    parameters, or the `config` attribute that studies kept before the config became a file."""
+    if "config" in trial.user_attrs:
+        return dict(trial.user_attrs["config"])
+    config = dict(study.user_attrs.get("settings", {}).get("config", {}))
+    arm = parse_arm(trial.user_attrs["pairing"], check_networks=False)
+    config.update({"pair": arm.pair, "target.rule": arm.rule})
+    config.update({ALIASES.get(k, k): v for k, v in trial.params.items() if k != "pair"})
+    return config
 
 
 def parse_baselines(value: Any) -> Literal["auto"] | tuple[Arm, ...]:

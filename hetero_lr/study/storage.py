@@ -23,6 +23,7 @@ from optuna.storages import RDBStorage
 
 from hetero_lr.study._console import say
 from hetero_lr.study.distinct import DistinctSampler
+from hetero_lr.study.runs import eval_steps
 from hetero_lr.study.spec import StudySpec
 
 T = TypeVar("T")
@@ -424,21 +425,24 @@ def make_sampler(spec: StudySpec, *, worker: int, n_existing: int) -> optuna.sam
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The study's pruner, with guards for noisy RL curves (no pruning before `min_evals`).
 
-    `median` and `hyperband` see one report per evaluation (the run's score at that point);
-    `wilcoxon` sees one report per finished run (its final score) and compares trials run by
-    run, which `run_seeds` makes paired.
+    `median` and `hyperband` see one report per evaluation (the mean score over the trial's
+    runs), at its agent step; `wilcoxon` sees one report per finished run (its final score),
+    at the run's index, and compares trials run by run, which `run_seeds` makes paired.
     """
     g = spec.pruning
+    steps = eval_steps(spec.base)
+    first = steps[min(g.min_evals, len(steps)) - 1]  # agent step of the `min_evals`-th evaluation
     if spec.pruner == "median":
         median = optuna.pruners.MedianPruner(
             n_startup_trials=g.startup_trials,
-            n_warmup_steps=g.min_evals - 1,  # steps are 0-based evaluation indices
+            n_warmup_steps=first,  # prunes from step `first` on
             n_min_trials=g.min_trials,
         )
         return optuna.pruners.PatientPruner(median, patience=g.patience) if g.patience else median
     if spec.pruner == "hyperband":
+        # Resources are agent steps: the first rung is the `min_evals`-th evaluation.
         return optuna.pruners.HyperbandPruner(
-            min_resource=g.min_evals, reduction_factor=g.reduction_factor
+            min_resource=first, max_resource=spec.base.steps, reduction_factor=g.reduction_factor
         )
     if spec.pruner == "wilcoxon":
         return optuna.pruners.WilcoxonPruner(p_threshold=g.p_threshold, n_startup_steps=g.min_evals)

@@ -32,6 +32,8 @@ from hetero_lr.stats import (
     stratified_bootstrap_ci,
 )
 from hetero_lr.study._console import now_ms, say
+from hetero_lr.study.report import log_report
+from hetero_lr.study.spec import recorded_config
 from hetero_lr.tracking import run_link
 
 if TYPE_CHECKING:
@@ -48,7 +50,8 @@ def finish_study(
     skipped = log_study_figures(study, tracker, run_id)
     tags: dict[str, Any] = {"figures.skipped": "; ".join(skipped) or "none"}
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    lines = []
+    lines: list[str] = []
+    rows: list[dict[str, Any]] = []
     description = [study.user_attrs.get("description", "")]
     if complete:
         best, tied = search_winner(complete)
@@ -63,7 +66,7 @@ def finish_study(
             }
         )
         tags.update({f"best.{k}": v for k, v in best.params.items()})
-        tracker.log_dict(run_id, _trial_record(best, tied), "best_trial.json")
+        tracker.log_dict(run_id, _trial_record(study, best, tied), "best_trial.json")
         steps = study.user_attrs.get("settings", {}).get("config", {}).get("steps", 0)
         tracker.log_metrics(run_id, [Metric("objective", best.value, now_ms(), steps)])
         lines.append(_winner_line(best, tied))
@@ -89,6 +92,8 @@ def finish_study(
             else f"confirmed: no winner, {', '.join(tied_arms)} tied (95% CIs of the IQM overlap)"
         )
         description += ["Confirmation (fresh seeds):", *(f"- {_table_line(r)}" for r in confirmed)]
+    log_report(study, tracker, run_id, rows, lines)
+    description.append("The report with every trial's curve beside its baseline's: `report.html`.")
     tracker.log_text(run_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
     tracker.log_table(run_id, results_table(study), "results.json")
     tracker.describe(run_id, "\n\n".join(line for line in description if line))
@@ -466,13 +471,15 @@ def difference_text(row: dict) -> str:
     return text
 
 
-def _trial_record(best: optuna.trial.FrozenTrial, tied: list) -> dict[str, Any]:
+def _trial_record(
+    study: optuna.Study, best: optuna.trial.FrozenTrial, tied: list
+) -> dict[str, Any]:
     return {
         "number": best.number,
         "value": best.value,
         "params": best.params,
         "pairing": best.user_attrs.get("pairing"),
-        "config": best.user_attrs.get("config"),
+        "config": recorded_config(study, best),
         "run_scores": best.user_attrs.get("run_scores"),
         "mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
         "tied_with": [t.number for t in tied if t.number != best.number],

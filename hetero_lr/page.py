@@ -1,10 +1,12 @@
 """One report, two renderings: Markdown (figures beside it as PNG files) and one self-contained
-HTML page (figures embedded as base64 PNG, no external links), from the same sections."""
+HTML page (figures embedded as base64 PNG), from the same sections. Text and table cells take
+`code`, **bold** and [links](url), as in Markdown."""
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,11 +62,11 @@ def to_markdown(title: str, sections: list[Section]) -> str:
 
 
 def html_table(table: pd.DataFrame) -> str:
-    """An HTML table (floats to 4 significant digits, text escaped)."""
+    """An HTML table (floats to 4 significant digits, text escaped, Markdown links kept)."""
     table = _plain(table)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{_inline(_cell(v))}</td>" for v in row) + "</tr>"
         for row in table.itertuples(index=False)
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -81,7 +83,12 @@ def _inline(text: str) -> str:
 
 def _bold(text: str) -> str:
     parts = text.split("**")
-    return "".join(f"<strong>{p}</strong>" if k % 2 else p for k, p in enumerate(parts))
+    bold = "".join(f"<strong>{p}</strong>" if k % 2 else p for k, p in enumerate(parts))
+    return _LINK.sub(r'<a href="\2">\1</a>', bold)
+
+
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+"""A Markdown link in escaped text: [text](url)."""
 
 
 STYLE = """
@@ -90,7 +97,7 @@ body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; 
 table { border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; } code { background: #f5f5f5; padding: 0 3px; }
+img { max-width: 100%; } a { color: #0b62a4; } code { background: #f5f5f5; padding: 0 3px; }
 h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
 .caption { color: #555; font-size: 0.9em; }
 """
