@@ -6,8 +6,9 @@ computes them: `get_interval_estimates(..., method="percentile", task_bootstrap=
 `create_performance_profile` on a `(runs, tasks)` matrix per arm, seeded through numpy's global
 RNG (rliable draws its resampling indices with `np.random.choice`), which is restored
 afterwards. Otherwise, and for arms whose tasks have unequal run counts (they do not fit one
-matrix), the numpy code below computes the same estimators on the same resampling as
-`hetero_lr.stats`. `implementation` says which code ran.
+matrix), the numpy code below computes the same estimators on the replicates of
+`hetero_lr.stats.stratified_resamples` (the package's one bootstrap). `implementation` says
+which code ran.
 The estimators:
 
 - IQM: the 25%-trimmed mean of all runs of all tasks (`aggregate_iqm`);
@@ -30,7 +31,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from hetero_lr.stats import iqm
+from hetero_lr.stats import iqm, stratified_resamples
 
 METRICS = ("iqm", "median", "mean", "optimality_gap")
 """The aggregate metrics `aggregate_intervals` computes, in rliable's order."""
@@ -123,20 +124,6 @@ def _rliable_intervals(
     }
 
 
-def resample(
-    scores_by_task: Sequence[Sequence[float]], reps: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Per task, `reps` resamples of its runs drawn with replacement: `[reps, runs]` each.
-
-    Draws in the same order as `hetero_lr.stats.stratified_bootstrap_ci`, so with the same seed
-    both give the same IQM interval.
-    """
-    tasks = [np.asarray(t, dtype=float) for t in scores_by_task if len(t)]
-    if not tasks:
-        raise ValueError("no scores")
-    return [t[rng.integers(0, len(t), size=(reps, len(t)))] for t in tasks]
-
-
 def aggregate(tasks: Sequence[np.ndarray], metric: str, *, gamma: float = 1.0) -> np.ndarray:
     """`metric` of runs `[..., runs]` per task, over the last axis: one value per leading index."""
     pooled = np.concatenate(tasks, axis=-1)
@@ -170,7 +157,7 @@ def aggregate_intervals(
         return _rliable_intervals(
             rly, matrix, metrics, gamma=gamma, reps=reps, confidence=confidence, seed=seed
         )
-    replicates = resample(tasks, reps, np.random.default_rng(seed))
+    replicates = stratified_resamples(tasks, reps=reps, seed=seed)
     tail = (1 - confidence) / 2 * 100
     out = {}
     for metric in metrics:
@@ -211,7 +198,7 @@ def performance_profile(
         return pd.DataFrame({"tau": taus, "fraction": profiles["arm"], "low": low, "high": high})
     pooled = np.concatenate(tasks)
     fraction = (pooled[:, None] > taus).mean(axis=0)
-    replicates = np.concatenate(resample(tasks, reps, np.random.default_rng(seed)), axis=1)
+    replicates = np.concatenate(stratified_resamples(tasks, reps=reps, seed=seed), axis=1)
     above = np.stack([(replicates > tau).mean(axis=1) for tau in taus], axis=1)  # [reps, taus]
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(above, [tail, 100 - tail], axis=0)

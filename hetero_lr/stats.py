@@ -93,6 +93,21 @@ def stratified_bootstrap_ci(
     return float(statistic(_pooled(tasks), axis=1)[0]), float(low), float(high)
 
 
+def stratified_resamples(scores_by_task: Tasks, *, reps: int, seed: int = 0) -> list[np.ndarray]:
+    """Per task, `reps` bootstrap resamples of its runs, drawn with replacement within the task.
+
+    The replicates `stratified_bootstrap_ci` draws with the same `seed`, kept per task for
+    statistics that need the task structure (rliable's median and mean of task means) or more
+    than one number per replicate (a performance profile's band).
+
+    Returns:
+        One `[reps, runs]` array per task that has runs, in the input's order.
+    """
+    tasks = _tasks(scores_by_task)
+    draws = _draws(tasks, reps, np.random.default_rng(seed))
+    return [t[d] for t, d in zip(tasks, draws, strict=True)]
+
+
 def is_paired(a_by_task: Tasks, b_by_task: Tasks) -> bool:
     """Whether two arms can be compared pair by pair: the same run count in every task."""
     a, b = _tasks(a_by_task), _tasks(b_by_task)

@@ -15,6 +15,8 @@ from hetero_lr.stats import (
     iqm,
     probability_of_improvement,
     randomization_test,
+    stratified_bootstrap_ci,
+    stratified_resamples,
 )
 from hetero_lr.study.summary import confirmation_table, per_env_table
 
@@ -203,3 +205,15 @@ def test_no_aggregate_over_raw_returns_of_different_environments():
     assert {r["design"] for r in lr} == {"paired"}
     cartpole = next(r for r in lr if r["env"] == "CartPole-v1")
     assert cartpole["diff"] == pytest.approx(-100.0)
+
+
+def test_stratified_resamples_are_the_draws_of_the_interval():
+    scores = [[1.0, 2.0, 3.0, 40.0], [10.0, 11.0], [7.0]]
+    resamples = stratified_resamples(scores, reps=3_000, seed=5)
+    assert [r.shape for r in resamples] == [(3_000, 4), (3_000, 2), (3_000, 1)]
+    # Runs stay in their task: every resampled value is one of that task's runs.
+    for task, drawn in zip(scores, resamples, strict=True):
+        assert set(np.unique(drawn)) <= set(task)
+    replicates = iqm(np.concatenate(resamples, axis=1), axis=1)
+    _, low, high = stratified_bootstrap_ci(scores, iqm, reps=3_000, seed=5)
+    assert (low, high) == tuple(np.percentile(replicates, [2.5, 97.5]))
