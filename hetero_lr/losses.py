@@ -6,9 +6,14 @@ heads give logits `[B, A, N]` over a fixed `support` `[N]` (Bellemare et al. 201
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+
+ReplicateLossKind = Literal["mse", "huber", "cross_entropy"]
+"""How `replicate_loss` compares the two networks' outputs."""
 
 
 def expected_q(out: Tensor, support: Tensor | None) -> Tensor:
@@ -70,7 +75,7 @@ def replicate_loss(
     *,
     support: Tensor | None,
     actions: Tensor | None = None,
-    kind: str = "mse",
+    kind: ReplicateLossKind = "mse",
     weights: Tensor | None = None,
 ) -> Tensor:
     """The Replicate loss: function-space gap of the target to the (frozen) online network.

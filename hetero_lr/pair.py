@@ -4,82 +4,29 @@ Lookahead-Replicate (Asadi et al. 2024, "Learning the Target Network in Function
 the target equal to the online network in function space rather than in parameter space, so
 the two networks may come from different families; only their outputs must agree (actions,
 atoms and support). The rules themselves (`Replicate`, `HardCopy`, `Polyak`) live in
-`hetero_lr.updaters`.
+`hetero_lr.updaters`; the pair binds its rule to the two networks once and calls `rule.step`.
 
 Train/eval modes (matters for BatchNorm, e.g. most timm CNNs):
 - Lookahead: the host sets the online net's mode (train, as in any agent).
-- Replicate: the target is in train mode (batch statistics, running stats updated, as in
-  supervised regression); the online net is in eval mode, so the function being replicated is
-  the one the online net computes at inference.
-- `bootstrap`, `act_values`, `function_gap` and the Replicate loss reported after a phase use eval
-  mode for both networks: bootstrap values never depend on the batch they are computed in.
+- Replicate: the rule sets them (see `Replicate`): target in train mode, online in eval mode.
+- `bootstrap`, `act_values` and `function_gap` use eval mode for both networks: bootstrap
+  values never depend on the batch they are computed in.
 The pair switches modes only inside its own methods and restores the previous mode after. The
 target rests in eval mode (set at construction; it is trained only inside Replicate phases), so
-bootstrapping needs no switch. A switch sets the `training` flags that `Module.train` sets, on a
-list of submodules taken at construction (a submodule added later is not switched), without
-`Module.train`'s recursive `__setattr__` (about 40 us per switch and back for the `minatar`
-network, measured here); a network with a submodule that overrides `train` is switched with
-`Module.train` itself.
+bootstrapping needs no switch. Switches go through `hetero_lr.updaters.Modes`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hetero_lr.losses import expected_q, gather_actions, replicate_loss
-
-if TYPE_CHECKING:
-    from hetero_lr.updaters import TargetUpdate
-
-Sample = Callable[[], tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]]
-"""Returns a fresh replay batch on the networks' device: `(obs [B, ...], actions [B])`, or
-`(obs, actions, weights [B])` whose importance-sampling weights make the Replicate loss a weighted
-mean over samples (prioritised Replicate batches)."""
-
-
-class _ModeSwitch:
-    """Sets a network's train/eval flags as `Module.train` does, from a list made once."""
-
-    __slots__ = ("module", "modules")
-
-    def __init__(self, module: nn.Module) -> None:
-        modules = tuple(module.modules())
-        # A submodule that overrides `train` may do more than set its flag: let it.
-        plain = all(type(m).train is nn.Module.train for m in modules)
-        self.module, self.modules = module, modules if plain else None
-
-    def set(self, training: bool) -> None:
-        if self.modules is None:
-            self.module.train(training)
-            return
-        for m in self.modules:
-            object.__setattr__(m, "training", training)  # what `Module.train` ends up doing
-
-
-class _Modes:
-    """Context: the given networks in train (True) or eval (False) mode, restored after."""
-
-    __slots__ = ("changed", "wanted")
-
-    def __init__(self, wanted: tuple[tuple[_ModeSwitch, bool], ...]) -> None:
-        self.wanted = wanted
-        self.changed: list[tuple[_ModeSwitch, bool]] = []  # (switch, previous mode)
-
-    def __enter__(self) -> None:
-        for switch, training in self.wanted:
-            previous = switch.module.training
-            if previous != training:
-                switch.set(training)
-                self.changed.append((switch, previous))
-
-    def __exit__(self, *exc: object) -> None:
-        for switch, previous in reversed(self.changed):
-            switch.set(previous)
-        self.changed.clear()
+from hetero_lr.losses import expected_q, gather_actions
+from hetero_lr.updaters import Metrics, Modes, Replicate, Sample, TargetUpdate
 
 
 class HeteroPair(nn.Module):
@@ -128,7 +75,7 @@ class HeteroPair(nn.Module):
             raise ValueError(
                 "online and target must both be scalar, or categorical with the same support"
             )
-        self._switches = {"online": _ModeSwitch(online), "target": _ModeSwitch(target)}
+        self._modes = Modes(online=online, target=target)
         if example_obs is not None:
             with torch.no_grad(), self.modes(online=False, target=False):
                 shapes = tuple(online(example_obs).shape), tuple(target(example_obs).shape)
@@ -138,12 +85,13 @@ class HeteroPair(nn.Module):
                     "for the same observations"
                 )
         update.bind(online, target)
-        self._switches["target"].set(False)  # the target rests in eval mode (module docstring)
+        target.eval()  # the target rests in eval mode (module docstring)
 
-    def modes(self, *, online: bool | None = None, target: bool | None = None) -> _Modes:
+    def modes(
+        self, *, online: bool | None = None, target: bool | None = None
+    ) -> AbstractContextManager[None]:
         """Context: each network given in train (True) or eval (False) mode, restored after."""
-        wanted = (("online", online), ("target", target))
-        return _Modes(tuple((self._switches[k], v) for k, v in wanted if v is not None))
+        return self._modes(online=online, target=target)
 
     @property
     def support(self) -> Tensor | None:
@@ -186,37 +134,16 @@ class HeteroPair(nn.Module):
         return gather_actions(out_target.softmax(dim=-1), best)
 
     def replicate_loss(
-        self,
-        obs: Tensor,
-        actions: Tensor | None = None,
-        *,
-        weights: Tensor | None = None,
-        variant: Literal["all_actions", "taken_action"] = "all_actions",
-        loss: Literal["mse", "huber", "cross_entropy"] = "mse",
+        self, obs: Tensor, actions: Tensor | None = None, *, weights: Tensor | None = None
     ) -> Tensor:
-        """The Replicate loss on `obs` in the current modes; gradients reach only the target.
+        """The rule's Replicate loss on `obs` in the current modes (`Replicate.replicate_loss`).
 
-        Args:
-            obs: replay observations `[B, ...]`.
-            actions: replayed actions `[B]`, required by the taken-action variant.
-            weights: per-sample importance-sampling weights `[B]` (a weighted mean over
-                samples), or None for a plain mean.
-            variant: `all_actions` (sum over actions) or `taken_action`.
-            loss: `mse`, `huber` or `cross_entropy` (categorical heads); see
-                `hetero_lr.losses.replicate_loss`.
+        Raises:
+            TypeError: the pair's rule is not `Replicate`.
         """
-        if variant == "taken_action" and actions is None:
-            raise ValueError("the taken_action Replicate variant needs the replayed actions")
-        with torch.no_grad():
-            out_online = self.online(obs)
-        return replicate_loss(
-            self.target(obs),
-            out_online,
-            support=self.support,
-            actions=actions if variant == "taken_action" else None,
-            kind=loss,
-            weights=weights,
-        )
+        if not isinstance(self.update, Replicate):
+            raise TypeError(f"replicate_loss needs a Replicate rule, not {self.update!r}")
+        return self.update.replicate_loss(obs, actions, weights=weights)
 
     @torch.no_grad()
     def function_gap(self, obs: Tensor) -> float:
@@ -226,12 +153,12 @@ class HeteroPair(nn.Module):
             q_target = expected_q(self.target(obs), self.support)
         return (q_target - q_online).square().mean().item()
 
-    def step(self, sample: Sample) -> dict[str, float | Tensor]:
+    def step(self, sample: Sample) -> Metrics:
         """Advance the target rule after one host Lookahead step (see the rule's docstring).
 
         Metric values are Python numbers or detached 0-d tensors (`hetero_lr.updaters`).
         """
-        return self.update.step(self, sample)
+        return self.update.step(sample)
 
     def online_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters for the host's (online) optimizer."""
