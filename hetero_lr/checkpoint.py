@@ -81,7 +81,11 @@ def save(state: dict[str, Any], path: str | Path) -> None:
     kept = current if rotate else recorded.get(previous.name)
     lines = f"{digest}  {path.name}\n" + (f"{kept}  {previous.name}\n" if kept else "")
     record = _sibling(path, RECORD)
-    _write(_sibling(record, PARTIAL), lambda f: f.write(lines.encode()))
+    try:
+        _write(_sibling(record, PARTIAL), lambda f: f.write(lines.encode()))
+    except BaseException:
+        partial.unlink(missing_ok=True)  # nothing moved yet: the files as they were
+        raise
     os.replace(_sibling(record, PARTIAL), record)
     if rotate:
         os.replace(path, previous)
@@ -183,12 +187,17 @@ class _HashingWriter(io.RawIOBase):
 
 
 def _write(target: Path, fill: Callable[[BinaryIO], Any]) -> str:
-    """Write `target` with `fill(stream)`, flush it to disk; returns the sha256 of its bytes."""
-    with open(target, "wb") as raw:
-        stream = _HashingWriter(raw)
-        fill(stream)  # type: ignore[arg-type]
-        raw.flush()
-        os.fsync(raw.fileno())
+    """Write `target` with `fill(stream)`, flush it to disk; returns the sha256 of its bytes.
+    A write that fails (a full disk) removes what it wrote: the space goes back."""
+    try:
+        with open(target, "wb") as raw:
+            stream = _HashingWriter(raw)
+            fill(stream)  # type: ignore[arg-type]
+            raw.flush()
+            os.fsync(raw.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
     return stream.hash.hexdigest()
 
 

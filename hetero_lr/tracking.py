@@ -10,6 +10,8 @@ and the fluent API's process-global "active run" would mix them. Each client cal
 with exponential backoff when the store reports a transient failure: SQLite answers "database
 is locked" when two processes write at once beyond its busy timeout, or at once when a reader
 must become a writer (the reason Optuna's FAQ advises against SQLite for parallel workers).
+A full disk is never retried (`hetero_lr.faults.DiskFull` at once), and an outage longer than
+the retry window ends in `hetero_lr.faults.Unreachable`: both stop a study's trial resumably.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
+from hetero_lr.faults import (
+    DiskFull,
+    Unreachable,
+    full_folder,
+    is_disk_full,
+    outage_patience,
+    safe_uri,
+)
+
 T = TypeVar("T")
 RunStatus = Literal["FINISHED", "KILLED", "FAILED"]
 
@@ -62,14 +73,13 @@ _OUTAGE = (
     "server closed the connection",
     "connection failed",
 )
-OUTAGE_PATIENCE = 300.0
-"""Seconds a call keeps retrying while the tracking server or database cannot be reached."""
 
 
 def is_transient(err: BaseException) -> bool:
     """Whether an error is worth retrying: a locked SQLite database, a busy MLflow store, or a
-    tracking server or database that cannot be reached right now."""
-    if not isinstance(err, (MlflowException, sqlite3.OperationalError)):
+    tracking server or database that cannot be reached right now. A full disk is not: MLflow
+    reports SQLite's "database or disk is full" as TEMPORARILY_UNAVAILABLE, like a lock."""
+    if not isinstance(err, (MlflowException, sqlite3.OperationalError)) or is_disk_full(err):
         return False
     text = f"{getattr(err, 'error_code', '')} {err}"
     return any(s in text for s in (*_LOCKED, *_OUTAGE))
@@ -81,9 +91,16 @@ def _is_locked(err: BaseException) -> bool:
 
 def _reason(err: BaseException) -> str:
     # MLflow's REST message starts with the request URL, which may carry credentials: keep
-    # only the cause (host, port and what went wrong).
-    text = str(getattr(err, "message", err)).split(" failed with exception ", 1)[-1]
-    return " ".join(text.split())[:300]
+    # only the cause (host, port and what went wrong); a database error's first line (the
+    # next ones are the SQL).
+    text = str(getattr(err, "message", err)).split(" failed with exception ", 1)[-1].strip()
+    return " ".join(text.splitlines()[0].split())[:300] if text else type(err).__name__
+
+
+# Stores this process gave up on (an outage past the window) and has not reached since: a later
+# call fails at once instead of waiting a whole window again, so a trial stopped by an outage
+# ends its runs (or finds that it cannot) in seconds. A call that succeeds clears its store.
+_GAVE_UP: set[str] = set()
 
 
 def retry(
@@ -92,7 +109,8 @@ def retry(
     attempts: int = 10,
     delay: float = 0.05,
     max_delay: float = 5.0,
-    patience: float = OUTAGE_PATIENCE,
+    patience: float | None = None,
+    store: str | None = None,
     **kwargs: Any,
 ) -> T:
     """Call `fn(*args, **kwargs)`, retrying transient errors (`is_transient`) with backoff.
@@ -100,20 +118,28 @@ def retry(
     A locked database: up to `attempts` calls, waiting `delay * 2**k` (at most `max_delay`,
     times a random factor in [0.5, 1.5) so that two processes that collided do not collide
     again) before attempt k + 2. A tracking server or database out of reach: retried for up to
-    `patience` seconds (waits of 1 s doubling to 30 s; an HTTP server also gets MLflow's own
-    retries inside each call), with one line when the outage starts and one when it ends.
-    Retrying a call whose answer was lost can log a metric twice; it never ends a run twice.
+    `patience` seconds (default `outage_patience()`; waits of 1 s doubling to 30 s; an HTTP
+    server also gets MLflow's own retries inside each call), with one line when the outage
+    starts and one when it ends; once this process gave up on `store`, its next outage error is
+    not waited for. Retrying a call whose answer was lost can log a metric twice; it never ends
+    a run twice. `store` (the tracking URI) names the folder or server in the errors below.
 
     Raises:
-        Exception: the last error once retries are spent, or any non-transient error.
+        DiskFull: the store, or the artifact folder, has no space left (never retried).
+        Unreachable: the store did not answer within `patience` seconds.
+        Exception: the last error once lock retries are spent, or any other error.
     """
+    patience = outage_patience() if patience is None else patience
+    key = store or ""
     attempt, outage = 0, None
     wait = 1.0
     while True:
         try:
             result = fn(*args, **kwargs)
-        except (MlflowException, sqlite3.OperationalError) as err:
-            if not is_transient(err):
+        except (MlflowException, sqlite3.OperationalError, OSError) as err:
+            if is_disk_full(err):
+                raise DiskFull(full_folder(err, store), "an MLflow write failed") from err
+            if isinstance(err, OSError) or not is_transient(err):
                 raise
             if _is_locked(err):
                 attempt += 1
@@ -124,16 +150,19 @@ def retry(
             now = time.monotonic()
             if outage is None:
                 outage = now
-                _say(
-                    f"MLflow tracking unreachable ({_reason(err)}); retrying for up to "
-                    f"{patience:.0f}s"
-                )
-            elif now - outage >= patience:
-                _say(f"MLflow tracking unreachable for {now - outage:.0f}s; giving up")
-                raise
+                if key not in _GAVE_UP:
+                    _say(
+                        f"MLflow tracking unreachable ({_reason(err)}); retrying for up to "
+                        f"{patience:.0f}s"
+                    )
+            if key in _GAVE_UP or now - outage >= patience:
+                _GAVE_UP.add(key)
+                where = f"MLflow tracking {safe_uri(store)}" if store else "MLflow tracking"
+                raise Unreachable(where, now - outage, _reason(err)) from err
             time.sleep(min(wait, max(0.0, outage + patience - now)))
             wait = min(30.0, wait * 2)
             continue
+        _GAVE_UP.discard(key)
         if outage is not None:
             _say(f"MLflow tracking reachable again after {time.monotonic() - outage:.0f}s")
         return result
@@ -285,6 +314,10 @@ class Tracker:
         self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
         self.client = MlflowClient(tracking_uri)
 
+    def retry(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`retry(fn, ...)` with faults named by this store (`tracking.retry`)."""
+        return retry(fn, *args, store=self.tracking_uri, **kwargs)
+
     def prepare(self) -> None:
         """Create the store's schema now, once, and put a SQLite store in WAL mode.
 
@@ -292,38 +325,38 @@ class Tracker:
         database's schema migration fail (mlflow/mlflow#4123). WAL lets readers and the one
         writer proceed at once (https://www.sqlite.org/wal.html); the mode persists in the file.
         """
-        retry(self.client.search_experiments, max_results=1)
+        self.retry(self.client.search_experiments, max_results=1)
         path = sqlite_path(self.tracking_uri)
         if path is not None:
-            retry(_enable_wal, path)
+            self.retry(_enable_wal, path)
 
     def experiment(self, name: str, *, tags: Mapping[str, Any] | None = None) -> str:
         """Id of the experiment `name`, created (or restored from deletion) if needed."""
-        found = retry(self.client.get_experiment_by_name, name)
+        found = self.retry(self.client.get_experiment_by_name, name)
         if found is None:
             # One folder per experiment, as MLflow's own default root does it.
             folder = self.artifact_root / _safe(name) if self.artifact_root else None
             location = folder.as_uri() if folder else None
             try:
-                return retry(self.client.create_experiment, name, location, dict(tags or {}))
+                return self.retry(self.client.create_experiment, name, location, dict(tags or {}))
             except MlflowException as err:
                 if "RESOURCE_ALREADY_EXISTS" not in f"{err.error_code} {err}":
                     raise
-                found = retry(self.client.get_experiment_by_name, name)  # another process won
+                found = self.retry(self.client.get_experiment_by_name, name)  # another process won
         if found.lifecycle_stage == "deleted":
-            retry(self.client.restore_experiment, found.experiment_id)
+            self.retry(self.client.restore_experiment, found.experiment_id)
         return found.experiment_id
 
     def share_trials_view(self, experiment_id: str) -> None:
         """Save the trial view (`trials_view`) as the experiment's shared view `TRIALS_VIEW`."""
         value = json.dumps(trials_view())
-        retry(
+        self.retry(
             self.client.set_experiment_tag, experiment_id, SHARED_VIEW_PREFIX + TRIALS_VIEW, value
         )
 
     def study_run(self, experiment_id: str, name: str) -> str:
         """Id of the study's parent run: the existing one (resume) or a new one; RUNNING."""
-        runs = retry(
+        runs = self.retry(
             self.client.search_runs,
             [experiment_id],
             filter_string=f"tags.`{ROLE}` = 'study'",
@@ -339,9 +372,9 @@ class Tracker:
     def reopen(self, run_id: str) -> None:
         """Mark an ended run RUNNING again, without its end reason: a resumed study (or
         confirmation) goes on in it."""
-        retry(self.client.update_run, run_id, status="RUNNING")
-        if END_REASON in retry(self.client.get_run, run_id).data.tags:
-            retry(self.client.delete_tag, run_id, END_REASON)
+        self.retry(self.client.update_run, run_id, status="RUNNING")
+        if END_REASON in self.retry(self.client.get_run, run_id).data.tags:
+            self.retry(self.client.delete_tag, run_id, END_REASON)
 
     def start_run(
         self,
@@ -359,7 +392,7 @@ class Tracker:
             all_tags[DESCRIPTION] = description
         if parent_run_id:
             all_tags[PARENT] = parent_run_id
-        run = retry(
+        run = self.retry(
             self.client.create_run,
             experiment_id,
             tags={k: _text(v) for k, v in all_tags.items()},
@@ -371,40 +404,44 @@ class Tracker:
         """End a run with `status`, recording `reason` in the `hetero_lr.end_reason` tag."""
         if reason:
             self.set_tags(run_id, {END_REASON: reason})
-        retry(self.client.set_terminated, run_id, status)
+        self.retry(self.client.set_terminated, run_id, status)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set tags (mutable, unlike params) in one request."""
         batch = [RunTag(k, _text(v)) for k, v in tags.items()]
         for i in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
-            retry(self.client.log_batch, run_id, tags=batch[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+            self.retry(self.client.log_batch, run_id, tags=batch[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Log params (strings of at most MLflow's 6,000 characters) in as few requests as fit."""
         batch = [Param(k, _text(v)) for k, v in params.items()]
         for i in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
-            retry(self.client.log_batch, run_id, params=batch[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+            self.retry(
+                self.client.log_batch, run_id, params=batch[i : i + MAX_PARAMS_TAGS_PER_BATCH]
+            )
 
     def log_metrics(self, run_id: str, metrics: list[Metric]) -> None:
         """Log `Metric` entities, at most MLflow's 1,000 per request."""
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            retry(self.client.log_batch, run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+            self.retry(
+                self.client.log_batch, run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH]
+            )
 
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         """Save a matplotlib figure as an artifact of the run."""
-        retry(self.client.log_figure, run_id, figure, artifact_file)
+        self.retry(self.client.log_figure, run_id, figure, artifact_file)
 
     def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
         """Save a dict as a JSON or YAML artifact (by the file's extension)."""
-        retry(self.client.log_dict, run_id, data, artifact_file)
+        self.retry(self.client.log_dict, run_id, data, artifact_file)
 
     def log_table(self, run_id: str, data: Any, artifact_file: str) -> None:
         """Save a table (dict of columns or DataFrame) as a JSON artifact the UI shows."""
-        retry(self.client.log_table, run_id, data, artifact_file)
+        self.retry(self.client.log_table, run_id, data, artifact_file)
 
     def rename(self, run_id: str, name: str) -> None:
         """Rename a run (e.g. to show its result in the UI's always-visible name column)."""
-        retry(self.client.update_run, run_id, name=name)
+        self.retry(self.client.update_run, run_id, name=name)
 
     def describe(self, run_id: str, text: str) -> None:
         """Set the run's description (Markdown in `mlflow ui`)."""
@@ -412,15 +449,15 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Save text as an artifact of the run."""
-        retry(self.client.log_text, run_id, text, artifact_file)
+        self.retry(self.client.log_text, run_id, text, artifact_file)
 
     def load_dict(self, run_id: str, artifact_file: str) -> dict[str, Any] | None:
         """A JSON artifact of the run (as `log_dict` saved it), None if the run has none."""
-        names = {a.path for a in retry(self.client.list_artifacts, run_id)}
+        names = {a.path for a in self.retry(self.client.list_artifacts, run_id)}
         if artifact_file not in names:
             return None
         with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
-            path = retry(self.client.download_artifacts, run_id, artifact_file, folder)
+            path = self.retry(self.client.download_artifacts, run_id, artifact_file, folder)
             return json.loads(Path(path).read_text())
 
 
@@ -467,7 +504,7 @@ class MlflowLogger:
 
     def log_file(self, path: Path, folder: str) -> None:
         """Upload a file as an artifact of the run, under `folder`."""
-        retry(self.tracker.client.log_artifact, self.run_id, str(path), folder)
+        self.tracker.retry(self.tracker.client.log_artifact, self.run_id, str(path), folder)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer scalar metrics at an agent step; None values are skipped."""

@@ -10,10 +10,12 @@ weights equal those of the study never stopped.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from contextlib import closing
@@ -24,14 +26,17 @@ import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from test_recovery import _stop_midway, _study, _weights
 from test_study import REPO
 from tiny_configs import tiny
 
-from hetero_lr import checkpoint
+from hetero_lr import checkpoint, tracking
 from hetero_lr.checkpoint import CheckpointError
 from hetero_lr.config import EnvConfig
 from hetero_lr.envs import MINATAR_GAMES, make_env
+from hetero_lr.faults import PATIENCE_ENV, DiskFull, Unreachable
 from hetero_lr.run import TrainingRun
 from hetero_lr.train import train
 
@@ -393,3 +398,286 @@ def test_a_write_cut_short_by_sigkill_leaves_the_last_checkpoint_in_use(tmp_path
     assert len(_lines(console, "resumed at step 200 from trial 0's checkpoint")) == 2
     assert not _lines(console, "is damaged")
     _assert_completed(folder, reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk and a store out of reach: recognised at once, stop the trial resumably
+
+
+def _sqlite_full() -> MlflowException:
+    """What MLflow's SQLite store raises when SQLite answers SQLITE_FULL (a lock looks alike)."""
+    return MlflowException(
+        "(sqlite3.OperationalError) database or disk is full", error_code=TEMPORARILY_UNAVAILABLE
+    )
+
+
+def test_a_full_disk_is_never_retried_as_an_outage(tmp_path):
+    calls = []
+
+    def full() -> None:
+        calls.append(1)
+        raise _sqlite_full()
+
+    assert not tracking.is_transient(_sqlite_full())
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(DiskFull) as err:
+        tracking.retry(full, store=store)
+    assert len(calls) == 1  # not retried
+    assert str(err.value).startswith(f"no space left in {tmp_path} (an MLflow write failed)")
+
+    def artifact() -> None:  # the local artifact store's copy names the file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "a" / "curve.png"))
+
+    with pytest.raises(DiskFull, match=f"no space left in {tmp_path / 'a'} "):
+        tracking.retry(artifact, store=store)
+
+
+def test_past_the_window_an_outage_stops_and_the_next_call_does_not_wait(monkeypatch):
+    waits = []
+    monkeypatch.setattr(tracking.time, "sleep", waits.append)
+    monkeypatch.setenv(PATIENCE_ENV, "0")
+    down = MlflowException(
+        "API request to http://h:5000/x failed with exception Connection refused"
+    )
+
+    def gone() -> None:
+        raise down
+
+    with pytest.raises(Unreachable, match=r"MLflow tracking http://h:5000 unreachable for \d+s"):
+        tracking.retry(gone, store="http://user:pw@h:5000")
+    with pytest.raises(Unreachable):  # the same outage: no second window
+        tracking.retry(gone, store="http://user:pw@h:5000")
+    assert waits == []
+    assert tracking.retry(lambda: 1, store="http://user:pw@h:5000") == 1  # back: forgotten
+
+
+def test_a_journal_append_cut_short_by_a_full_disk_leaves_the_journal_whole(tmp_path, monkeypatch):
+    from hetero_lr.study import storage as storage_module
+
+    path = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="s", storage=storage_module.open_storage(str(path)))
+    study.set_user_attr("before", 1)
+    size = path.stat().st_size
+
+    class HalfWritten:
+        """A file on a full disk: half the bytes land, then ENOSPC."""
+
+        def __init__(self, file) -> None:
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.file.close()
+
+        def write(self, data: bytes) -> None:
+            self.file.write(data[: len(data) // 2])
+            self.file.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    half = lambda p, mode: HalfWritten(open(p, mode))  # noqa: E731, SIM115 (closed by HalfWritten)
+    monkeypatch.setattr(storage_module, "open", half, raising=False)
+    with pytest.raises(DiskFull, match=f"no space left in {tmp_path} "):
+        study.set_user_attr("lost", "x" * 1000)
+    assert path.stat().st_size == size  # no half line left behind
+    monkeypatch.undo()
+    study.set_user_attr("after", 2)  # the next append is readable
+    reloaded = optuna.load_study(study_name="s", storage=storage_module.open_storage(str(path)))
+    assert reloaded.user_attrs == {"before": 1, "after": 2}
+
+
+def test_a_full_sqlite_storage_stops_at_once(tmp_path):
+    from sqlalchemy import event
+
+    from hetero_lr.study.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+
+    def cap(conn, cursor, *args) -> None:  # SQLite's own SQLITE_FULL: no page may be added
+        cursor.execute("PRAGMA max_page_count = 1")  # (never below the current size)
+
+    event.listen(storage.engine, "before_cursor_execute", cap)
+    with pytest.raises(DiskFull, match=f"no space left in {tmp_path} "):
+        study.set_user_attr("big", "x" * 100_000)
+    event.remove(storage.engine, "before_cursor_execute", cap)
+    assert optuna.load_study(study_name="s", storage=storage).user_attrs == {}
+
+
+def _journal_study(results: Path) -> optuna.Study:
+    backend = optuna.storages.journal.JournalFileBackend(str(results / "optuna.journal"))
+    return optuna.load_study(
+        study_name="mlp:mlp__tiny", storage=optuna.storages.JournalStorage(backend)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A study that meets a full disk, a full database, an outage and a full journal in turn
+
+# `test_recovery`'s study script with faults switched on by the environment once a run has
+# reached FAULT_AFTER steps (the process's first trial is then mid-way, past a checkpoint), and,
+# for HANG_SEED's run, a wait past step 200 until the file RELEASE exists.
+FAULT_SCRIPT = """
+import builtins, errno, os, sys, time
+import torch
+from hetero_lr.run import TrainingRun
+from hetero_lr.study import main
+from hetero_lr.study.runs import training_run
+
+FAULT, AFTER = os.environ.get("FAULT", ""), int(os.environ.get("FAULT_AFTER", "0"))
+HANG_SEED = os.environ.get("HANG_SEED")
+armed = []
+
+
+def full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+run_until = TrainingRun.run_until
+def arming(self, step):
+    run_until(self, step)
+    if FAULT and self.step >= AFTER:
+        armed.append(True)
+TrainingRun.run_until = arming
+
+if FAULT == "checkpoint":  # the checkpoint's bytes do not fit
+    from hetero_lr import checkpoint
+    write = checkpoint._HashingWriter.write
+    checkpoint._HashingWriter.write = lambda self, data: full() if armed else write(self, data)
+elif FAULT == "mlflow-full":  # every write to MLflow's database meets SQLITE_FULL
+    import sqlite3
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    def full_db(conn, cursor, statement, *args):
+        reads = statement.lstrip().upper().startswith(("SELECT", "PRAGMA"))
+        if armed and str(conn.engine.url).endswith("mlflow.db") and not reads:
+            raise sqlite3.OperationalError("database or disk is full")
+    event.listen(Engine, "before_cursor_execute", full_db)
+elif FAULT == "outage":  # MLflow's database stops answering (a network mount gone, say)
+    import sqlite3
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    def gone(conn, cursor, statement, *args):
+        if armed and str(conn.engine.url).endswith("mlflow.db"):
+            raise sqlite3.OperationalError("unable to open database file")
+    event.listen(Engine, "before_cursor_execute", gone)
+elif FAULT == "journal-full":  # an append writes half its bytes, then ENOSPC
+    from hetero_lr.study import storage
+    class Half:
+        def __init__(self, file):
+            self.file = file
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.file.close()
+        def write(self, data):
+            self.file.write(data[: len(data) // 2])
+            self.file.flush()
+            full()
+    def half_open(path, mode="r"):
+        file = builtins.open(path, mode)
+        return Half(file) if armed and mode == "ab" else file
+    storage.open = half_open
+
+
+class Run:
+    def __init__(self, cfg, logger):
+        self.cfg, self.inner = cfg, training_run(cfg, logger)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run_until(self, step):
+        if HANG_SEED and self.cfg.seed == int(HANG_SEED) and step > 200:
+            open(os.environ["READY"], "w").close()
+            while not os.path.exists(os.environ["RELEASE"]):
+                time.sleep(0.1)
+        self.inner.run_until(step)
+
+    def close(self):
+        if self.inner.step >= self.cfg.steps:
+            out = os.path.join(os.environ["WEIGHTS"], f"{self.cfg.seed}.pt")
+            torch.save(self.inner.pair.online.state_dict(), out)
+        self.inner.close()
+
+
+if __name__ == "__main__":  # `--workers` spawns processes that import this file
+    sys.exit(main(sys.argv[1:], run_factory=Run))
+"""
+
+
+def _fault_study(tmp_path: Path, empty_db: Path, study: dict | None = None):
+    """The command line and environment of a study run by `FAULT_SCRIPT` (MLflow's schema
+    copied in: creating it takes seconds)."""
+    argv, environ = _study(tmp_path, "study", study)
+    (tmp_path / "faulty.py").write_text(FAULT_SCRIPT)
+    argv[1] = str(tmp_path / "faulty.py")
+    results = tmp_path / "study" / "results"
+    results.mkdir()
+    shutil.copy(empty_db, results / "mlflow.db")
+    environ["RELEASE"] = str(tmp_path / "release")
+    return argv, environ, results
+
+
+def _mlflow_runs(results: Path) -> list:
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    return client.search_runs(client.get_experiment_by_name("mlp:mlp__tiny").experiment_id)
+
+
+FAULTS = {
+    # FAULT: (the line naming it, the few words on the stopped trial's line)
+    "checkpoint": ("no space left in {checkpoints} (a checkpoint write failed)", "disk full"),
+    "mlflow-full": ("no space left in {results} (an MLflow write failed)", "disk full"),
+    "outage": (
+        "MLflow tracking sqlite:///{results}/mlflow.db unreachable for",
+        "store unreachable",
+    ),
+    "journal-full": ("no space left in {results} (an Optuna journal write failed)", "disk full"),
+}
+
+
+def test_each_fault_stops_the_trial_in_one_line_and_the_same_command_resumes_it(
+    tmp_path, empty_db, killed
+):
+    reference, _ = killed
+    argv, environ, results = _fault_study(tmp_path, empty_db)
+    checkpoints = results / "checkpoints" / "mlp_mlp__tiny" / "t0000"
+    environ |= {"FAULT_AFTER": "200", PATIENCE_ENV: "1"}
+    for number, (fault, (text, short)) in enumerate(FAULTS.items()):
+        text = text.format(checkpoints=checkpoints, results=results)
+        done = subprocess.run(argv, env=environ | {"FAULT": fault}, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+        console = done.stdout + done.stderr
+        assert done.returncode == 75, console
+        assert "Traceback" not in console and "[W " not in console, console
+        (line,) = _lines(console, text)
+        assert f"stopped: {text}" in line, line
+        (stopped,) = _lines(console, f"trial {number} stopped (")
+        assert f"({short}" in stopped, stopped
+        assert (
+            console.strip()
+            .splitlines()[-1]
+            .endswith(
+                "to resume, run the same command again: hetero-lr-study " + " ".join(argv[2:])
+            )
+        )
+        if fault == "mlflow-full":  # the database SQLite refused to grow is whole
+            with sqlite3.connect(results / "mlflow.db") as db:
+                assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # The same command, the faults gone: the trial resumes from its last good checkpoint.
+    done = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=600)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in console, console
+    # The journal's fault came after the checkpoints at step 200 (the others before).
+    assert len(_lines(console, "resumed at step 200 from trial 3's checkpoint")) == 2, console
+    states = [t.state.name for t in _journal_study(results).trials]
+    assert states == ["FAIL"] * len(FAULTS) + ["COMPLETE"]
+    assert not [r.info.run_name for r in _mlflow_runs(results) if r.info.status == "RUNNING"]
+    assert not [p for p in (results / "checkpoints").rglob("*") if p.is_file()]
+    weights = _weights(tmp_path / "study")
+    assert weights.keys() == reference.keys()
+    for seed, state in weights.items():
+        for key, value in state.items():
+            torch.testing.assert_close(value, reference[seed][key], rtol=0, atol=0)
+    assert "Traceback" in (results / "study.log").read_text()  # the libraries' view, kept

@@ -92,8 +92,11 @@ def _study(
     return argv, environ | env
 
 
-def _stop_midway(argv: list[str], environ: dict[str, str], sig: signal.Signals) -> int:
-    """Start the study, wait until its first run is past step 200, send `sig`; exit code."""
+def _stop_midway(
+    argv: list[str], environ: dict[str, str], sig: signal.Signals, console: list | None = None
+) -> int:
+    """Start the study, wait until its first run is past step 200, send `sig`; exit code (and
+    the console's text appended to `console`)."""
     proc = subprocess.Popen(argv, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ready = Path(environ["READY"])
     deadline = time.monotonic() + 300
@@ -102,7 +105,9 @@ def _stop_midway(argv: list[str], environ: dict[str, str], sig: signal.Signals) 
         assert time.monotonic() < deadline, "the study never reached step 200"
         time.sleep(0.1)
     proc.send_signal(sig)
-    proc.communicate(timeout=300)
+    out, _ = proc.communicate(timeout=300)
+    if console is not None:
+        console.append(out.decode())
     return proc.returncode
 
 
@@ -194,8 +199,18 @@ def test_heartbeat_fails_a_dead_workers_trial_and_another_worker_resumes_it(
 
 def test_sigterm_checkpoints_ends_runs_killed_and_the_next_start_resumes(tmp_path, reference):
     argv, environ = _study(tmp_path, "stopped", HANG_AFTER="200", MODE="term")
-    assert _stop_midway(argv, environ, signal.SIGTERM) == 130
+    console: list[str] = []
+    assert _stop_midway(argv, environ, signal.SIGTERM, console) == 130
     results = tmp_path / "stopped" / "results"
+    # A stop reads as a stop: one line for the trial, the command that resumes it last; what
+    # Optuna and MLflow make of it (a failed trial's traceback, warnings) in the log file only.
+    (text,) = console
+    assert "Traceback" not in text and "[W " not in text and "Downloading" not in text, text
+    (line,) = [line for line in text.splitlines() if " stopped " in line]
+    assert line.endswith("trial 0 stopped (SIGTERM); queued again to resume from its checkpoints")
+    resume = "to resume, run the same command again: hetero-lr-study " + " ".join(argv[2:])
+    assert text.strip().splitlines()[-1].endswith(resume)
+    assert "Trial 0 failed" in (results / "study.log").read_text()
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     runs = client.search_runs(client.get_experiment_by_name("mlp:mlp__tiny").experiment_id)
     trial_runs = [r for r in runs if r.data.tags[ROLE] in ("trial", "seed")]

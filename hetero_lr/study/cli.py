@@ -20,6 +20,7 @@ import optuna
 
 from hetero_lr import tracking
 from hetero_lr._cli import OneLineParser
+from hetero_lr.faults import outage_patience
 from hetero_lr.scores import normalizer
 from hetero_lr.study._console import duration
 from hetero_lr.study.preflight import (
@@ -144,6 +145,7 @@ def resolve(args: argparse.Namespace, argv: Sequence[str] = ()) -> StudySettings
         ValueError: bad input, as a one-line message naming the value and what is accepted.
     """
     spec = load_study(args.study)
+    outage_patience()  # a bad HETERO_LR_OUTAGE_PATIENCE is bad input, said now
     for flag in ("steps", "trials", "seeds", "workers", "confirm", "heartbeat", "retries"):
         value = getattr(args, flag)
         low = 0 if flag in ("trials", "confirm", "heartbeat", "retries") else 1

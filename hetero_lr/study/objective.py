@@ -11,6 +11,7 @@ after another and each finished run's score is reported as one step.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -26,7 +27,7 @@ from hetero_lr.study.recovery import (
     TrialCheckpoints,
     frozen,
     origin,
-    requeue,
+    stop_trial,
     worker_id,
 )
 from hetero_lr.study.runs import RunFactory, RunSlot, eval_steps, used_params
@@ -129,10 +130,9 @@ class Objective:
             self.checkpoints.remove()
             self._end(trial, run_id, "FAIL", f"{type(err).__name__}: {err}")
             raise
-        except KeyboardInterrupt as err:  # a stop signal: resumable; queue it again
-            reason = f"{err or 'interrupted (Ctrl-C)'}; queued again to resume"
-            requeue(trial.study, frozen(trial))  # before `_end` adds its end reason
-            self._end(trial, run_id, "FAIL", reason, status="KILLED")
+        except KeyboardInterrupt as err:  # a stop signal or a fault: resumable; queue it again
+            end = functools.partial(self._end, trial, run_id, "FAIL", status="KILLED")
+            stop_trial(trial, err, end, worker_prefix(self.worker, self.s.workers))
             raise
         except BaseException as err:  # ends the MLflow run, then lets Optuna see it
             self.checkpoints.remove()

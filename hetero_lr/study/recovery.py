@@ -16,32 +16,42 @@
   from its checkpoint.
 - **SIGINT / SIGTERM.** The first signal asks the worker to stop: the running trial stops at
   the next chunk of agent steps, checkpoints its runs, ends them KILLED with the reason and is
-  re-queued, so the next start resumes it. A second Ctrl-C stops at once.
+  re-queued, so the next start resumes it. A second Ctrl-C stops at once. One line per stopped
+  trial says so (`stop_trial`); the command's last line is the one that resumes it.
+- **Faults** (`hetero_lr.faults`: a full disk, a store out of reach past its retry window) stop
+  the trial the same way, except that its runs are not checkpointed again: their last good
+  checkpoints stay. What the fault keeps from being recorded now (the re-queue, the end of an
+  MLflow run) the next start does: a trial left RUNNING by a gone process is failed and
+  re-queued, and MLflow runs left RUNNING by a trial that is no longer running are ended
+  (`end_orphan_runs`). Stops do not count as retries (`--retries` counts crashes only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
 import socket
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from hetero_lr import checkpoint
 from hetero_lr.checkpoint import CheckpointError
-from hetero_lr.study._console import say
+from hetero_lr.faults import EXIT_CODE, DiskFull, Halted, halted, is_disk_full
+from hetero_lr.study._console import LOG, say
 
 if TYPE_CHECKING:
     from hetero_lr.study.runs import RunSlot
+    from hetero_lr.tracking import Tracker
 
 CHUNK = 1_000
 """Agent steps between two looks at the stop flag while a run trains."""
@@ -181,10 +191,20 @@ class TrialCheckpoints:
 
     def save(self, slot: RunSlot) -> None:
         """Write `slot`'s state with `hetero_lr.checkpoint.save` (atomic, hash recorded, the
-        previous good file kept)."""
+        previous good file kept).
+
+        Raises:
+            DiskFull: no space for the file; the files already there are as they were.
+        """
         path, state = self.path(slot), slot.state_dict()
-        if path is not None and state is not None:
+        if path is None or state is None:
+            return
+        try:
             checkpoint.save(state, path)
+        except Exception as err:  # torch.save reports a full disk as a RuntimeError
+            if is_disk_full(err):
+                raise DiskFull(str(path.parent), "a checkpoint write failed") from err
+            raise
 
     def resume(self, slot: RunSlot) -> Resumed:
         """Continue `slot` from its newest good checkpoint, if any (see `Resumed`).
@@ -244,19 +264,84 @@ class StaleTrial:
         self.handle(study, trial, f"worker {worker} missed its heartbeats")
 
     def handle(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
-        """End the failed `trial`'s MLflow runs with `reason`; queue it again if retries remain."""
+        """End the failed `trial`'s MLflow runs with `reason`; queue it again if retries remain
+        (stops before it, which `requeue` counts, are not retries)."""
         end_trial_runs(self.tracking_uri, self.artifact_root, trial, "FAILED", reason)
-        retries = len(trial.system_attrs.get("retry_history") or [])
+        stops = int(trial.system_attrs.get(STOPS, 0))
+        retries = len(trial.system_attrs.get("retry_history") or []) - stops
         if retries < self.max_retry:
             say(f"trial {trial.number}: {reason}; queued again to resume from its checkpoints")
         else:
             say(f"trial {trial.number}: {reason}; not retried ({retries} retries already)")
-        _retry(study, trial, self.max_retry)
+        _retry(study, trial, self.max_retry + stops)
+
+
+STOPS = "hetero_lr:stops"
+"""System attribute: how many of a trial's `retry_history` entries were stops (signals,
+faults), not crashes; copied to each retry with the history."""
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue `trial` again (it was stopped by a signal; its checkpoints are kept)."""
+    """Queue `trial` again (it was stopped by a signal or a fault; its checkpoints are kept)."""
+    trial.system_attrs[STOPS] = int(trial.system_attrs.get(STOPS, 0)) + 1  # the copy's count
     _retry(study, trial, None)
+
+
+def stop_trial(
+    trial: optuna.Trial, err: KeyboardInterrupt, end: Callable[[str], None], prefix: str = ""
+) -> None:
+    """Queue a trial stopped by `err` again and `end(reason)` its MLflow run; one line says so.
+
+    After a fault the stores may refuse both: each is tried once, what fails goes to the log
+    file, and the next start does it (a RUNNING trial whose process is gone is re-queued; its
+    MLflow runs are ended by `end_orphan_runs`). A stop signal's errors pass through as before.
+    """
+    fault = halted(err)
+    if fault is not None:
+        fault.trial_stopped = True
+    reason = str(fault or err or "interrupted (Ctrl-C)")
+    queued = attempt(lambda: requeue(trial.study, frozen(trial)), fault)
+    attempt(lambda: end(f"{reason}; queued again to resume"), fault)
+    short = fault.short if fault else reason.removeprefix("interrupted (").removesuffix(")")
+    then = (
+        "queued again to resume from its checkpoints"
+        if queued
+        else "the next start queues it again to resume from its checkpoints"
+    )
+    say(f"trial {trial.number} stopped ({short}); {then}", prefix)
+
+
+def attempt(action: Callable[[], None], fault: Halted | None) -> bool:
+    """Run `action`; after a fault, an error (the store still refusing) is logged, not raised.
+    Returns whether it ran through."""
+    if fault is None:
+        action()
+        return True
+    try:
+        action()
+    except (Exception, Halted):
+        logging.getLogger(LOG).warning("not recorded after %s", fault.short, exc_info=True)
+        return False
+    return True
+
+
+def exit_stopped(err: BaseException, prefix: str = "") -> NoReturn:
+    """End a spawned worker process that `err` stopped: exit 130 after a stop signal, and
+    `faults.EXIT_CODE` after a fault, which one line names; any other error passes through."""
+    fault = halted(err)
+    if fault is not None:
+        say(f"stopped: {fault}", prefix)
+        raise SystemExit(EXIT_CODE) from None
+    if isinstance(err, KeyboardInterrupt):  # each stopped trial said so
+        raise SystemExit(130) from None
+    raise err
+
+
+def exit_kind(code: int | None) -> str:
+    """How a worker process ended, by its exit code: `ok`, `stopped` (130: a signal), `fault`
+    (`faults.EXIT_CODE`) or `crashed` (anything else, None included: it never reported)."""
+    kinds: dict[int | None, str] = {0: "ok", 130: "stopped", EXIT_CODE: "fault"}
+    return kinds.get(code, "crashed")
 
 
 def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int | None) -> None:
@@ -295,7 +380,41 @@ def end_trial_runs(
         tracker.end_run(run_id, status, reason)  # type: ignore[arg-type]
 
 
-def _process_gone(worker: str) -> bool:
+def end_orphan_runs(study: optuna.Study, tracker: Tracker, experiment_id: str) -> list[str]:
+    """End the trial and seed runs left RUNNING by trials that are not running any more (their
+    process stopped after a fault kept it from ending them); returns their names.
+
+    A run of a RUNNING trial is left alone: its worker may be alive on another machine.
+    """
+    from hetero_lr.tracking import ROLE
+
+    running = {
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    }
+    runs = tracker.retry(
+        tracker.client.search_runs,
+        [experiment_id],
+        filter_string="attributes.status = 'RUNNING'",
+        max_results=10_000,
+    )
+    ended = []
+    for run in runs:
+        tags = run.data.tags
+        number = tags.get("optuna.trial_number")
+        if tags.get(ROLE) not in ("trial", "seed") or number is None or int(number) in running:
+            continue
+        reason = (
+            "its process stopped before it could end this run (a fault); ended at the next start"
+        )
+        if tags.get(ROLE) == "trial":
+            tracker.set_tags(run.info.run_id, {"optuna.trial_state": "FAIL"})
+        tracker.end_run(run.info.run_id, "KILLED", reason)
+        ended.append(run.info.run_name)
+    return ended
+
+
+def process_gone(worker: str) -> bool:
     """True when `host:pid` names a process on this host that no longer exists."""
     host, _, pid = worker.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
@@ -316,7 +435,7 @@ def recover_dead_trials(study: optuna.Study, on_dead: StaleTrial) -> list[int]:
     """
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if not _process_gone(trial.user_attrs.get("worker", "")):
+        if not process_gone(trial.user_attrs.get("worker", "")):
             continue
         try:
             if not study._storage.set_trial_state_values(

@@ -6,17 +6,24 @@ import itertools
 import multiprocessing
 import time
 import warnings
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from hetero_lr.study._console import duration, say, worker_prefix
+from hetero_lr.faults import EXIT_CODE, halted
+from hetero_lr.study._console import duration, quiet_libraries, say, worker_prefix
 from hetero_lr.study.objective import Objective
 from hetero_lr.study.recovery import (
     StaleTrial,
+    end_orphan_runs,
+    exit_kind,
+    exit_stopped,
     recover_dead_trials,
+    request_stop,
     stop_requested,
     stop_signals,
+    stop_trial,
 )
 from hetero_lr.study.runs import RunFactory, share_cores, training_run
 from hetero_lr.study.settings import StudySettings, check_fingerprint, flat_params
@@ -30,10 +37,22 @@ def run_study(settings: StudySettings, *, run_factory: RunFactory | None = None)
 
     Returns:
         0 when every worker finished (a dead worker's trial resumed by the others), 1 when a
-        worker crashed, 130 when stopped by SIGINT/SIGTERM (the next start resumes).
+        worker crashed, 130 when stopped by SIGINT/SIGTERM, `faults.EXIT_CODE` (75) when
+        stopped by a fault (a full disk, a store out of reach): the same command resumes. The
+        libraries' logs go to `RESULTS/study.log` (`quiet_libraries`).
     """
-    with stop_signals():
-        return _run_study(settings, run_factory or training_run)
+    with quiet_libraries(settings.results), stop_signals():
+        try:
+            code = _run_study(settings, run_factory or training_run)
+        except BaseException as err:  # a fault before any trial ran: one line, not a traceback
+            fault = halted(err)
+            if fault is None:
+                raise
+            say(f"stopped: {fault}")
+            code = EXIT_CODE
+    if code in (130, EXIT_CODE):
+        say(f"to resume, run the same command again: {settings.command}")
+    return code
 
 
 def _run_study(settings: StudySettings, run_factory: RunFactory) -> int:
@@ -66,6 +85,7 @@ def _run_study(settings: StudySettings, run_factory: RunFactory) -> int:
     link = trials_link(settings.tracking_uri, experiment_id)
     say(f"trials in mlflow ui: {link}")
     _recover(study, settings)
+    end_orphan_runs(study, tracker, experiment_id)  # after `_recover`: dead trials' runs FAILED
     waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
     added = _enqueue_baselines(study, spec)
     fresh = _enqueue_grid(study, spec) if spec.sampler == "grid" else spec.trials
@@ -89,46 +109,97 @@ def _run_study(settings: StudySettings, run_factory: RunFactory) -> int:
     try:
         _optimize(study, settings, 0, shares[0], run_factory, tracker, experiment_id, study_run_id)
     except KeyboardInterrupt as err:
-        status, reason, code = "KILLED", f"{err or 'interrupted (Ctrl-C)'}", 130
+        status, reason, code = _stopped(err)
     except Exception as err:  # an error no trial could absorb: end the study run, then raise
-        tracker.end_run(study_run_id, "FAILED", f"{type(err).__name__}: {err}")
-        raise
+        if halted(err) is None:
+            tracker.end_run(study_run_id, "FAILED", f"{type(err).__name__}: {err}")
+            raise
+        status, reason, code = _stopped(err)  # a fault Optuna wrapped while ending a trial
     finally:
         for proc in procs:
             if stop_requested() and proc.is_alive():
                 proc.terminate()  # SIGTERM: the worker checkpoints its trial and stops
             proc.join()
-    stopped = [p.name for p in procs if p.exitcode == 130]
-    crashed = [p.name for p in procs if p.exitcode not in (0, 130, None)]
+    ended = {name: [p.name for p in procs if exit_kind(p.exitcode) == name] for name in
+             ("stopped", "fault", "crashed")}  # fmt: skip
+    stopped, crashed = ended["stopped"] + ended["fault"], ended["crashed"]
     resumed = _recover(study, settings) if code == 0 and not stopped else []
     if resumed:  # a worker died mid-trial: its trial resumes here, from its checkpoints
         _optimize(study, settings, 0, 0, run_factory, tracker, experiment_id, study_run_id)
         reason = f"{', '.join(crashed)} died; trial(s) {resumed} resumed from checkpoints"
     elif stopped and code == 0:
-        status, reason, code = "KILLED", f"worker(s) {', '.join(stopped)} interrupted", 130
+        code = EXIT_CODE if ended["fault"] else 130
+        status, reason = "KILLED", f"worker(s) {', '.join(stopped)} stopped"
     elif crashed and code == 0:
         status, reason, code = "FAILED", f"worker(s) {', '.join(crashed)} exited abnormally", 1
     if code == 0 and spec.confirm:
-        from hetero_lr.study.confirm import WorkersFailed, run_confirmation
+        status, reason, code = _confirm(study, settings, tracker, experiment_id, study_run_id,
+                                        run_factory)  # fmt: skip
+    code = _finish(study, tracker, study_run_id, status, reason, code)
+    say(f"trials in mlflow ui: {link}")
+    return code
 
-        try:
-            run_confirmation(
-                study,
-                settings,
-                tracker=tracker,
-                experiment_id=experiment_id,
-                study_run_id=study_run_id,
-                run_factory=run_factory,
-            )
-        except KeyboardInterrupt as err:  # the next start resumes each run from its checkpoint
-            status, reason = "KILLED", f"{err or 'interrupted (Ctrl-C)'} during confirmation"
-            code = 130
-        except WorkersFailed as err:
-            status, reason, code = "FAILED", f"confirmation: {err}", 1
+
+def _stopped(err: BaseException) -> tuple[str, str, int]:
+    """Study run status, reason and exit code for a stop (`err`: a signal or a fault); a fault
+    is said in one line, and the other workers are asked to stop."""
+    fault = halted(err)
+    if fault is None:
+        return "KILLED", f"{err or 'interrupted (Ctrl-C)'}", 130
+    say(f"stopped: {fault}")
+    request_stop(fault.short)
+    return "KILLED", str(fault), EXIT_CODE
+
+
+def _confirm(
+    study: optuna.Study,
+    settings: StudySettings,
+    tracker: Tracker,
+    experiment_id: str,
+    study_run_id: str,
+    run_factory: RunFactory,
+) -> tuple[str, str | None, int]:
+    """Run the confirmation; the study run's status, reason and the exit code."""
+    from hetero_lr.study.confirm import WorkersFailed, run_confirmation
+
+    try:
+        run_confirmation(
+            study,
+            settings,
+            tracker=tracker,
+            experiment_id=experiment_id,
+            study_run_id=study_run_id,
+            run_factory=run_factory,
+        )
+    except KeyboardInterrupt as err:  # the next start resumes each run from its checkpoint
+        status, reason, code = _stopped(err)
+        return status, f"{reason} during confirmation", code
+    except WorkersFailed as err:
+        return "FAILED", f"confirmation: {err}", 1
+    return "FINISHED", None, 0
+
+
+def _finish(
+    study: optuna.Study,
+    tracker: Tracker,
+    run_id: str,
+    status: str,
+    reason: str | None,
+    code: int,
+) -> int:
+    """The end-of-study summary; returns the exit code. A fault met here stops it (the next
+    start reopens the study run and writes the summary again)."""
     from hetero_lr.study.summary import finish_study  # imports matplotlib: only at the end
 
-    finish_study(study, tracker, study_run_id, status, reason)
-    say(f"trials in mlflow ui: {link}")
+    try:
+        finish_study(study, tracker, run_id, status, reason)
+    except BaseException as err:
+        fault = halted(err)
+        if fault is None:
+            raise
+        if code != EXIT_CODE:  # not said yet
+            say(f"stopped: {fault}")
+        return EXIT_CODE
     return code
 
 
@@ -140,22 +211,24 @@ def _worker(
     experiment_id: str,
     study_run_id: str,
 ) -> None:
-    """Entry point of a spawned worker process; exits 130 when stopped by a signal."""
-    tracker = Tracker(settings.tracking_uri, artifact_root=settings.artifact_root)
-    study = optuna.load_study(
-        study_name=settings.study_name,
-        storage=_open(settings),
-        pruner=make_pruner(settings.spec),
-    )
-    study.sampler = make_sampler(settings.spec, worker=worker, n_existing=len(study.trials))
-    try:
-        with stop_signals(watch_parent=True):
-            _optimize(
-                study, settings, worker, n_trials, run_factory, tracker, experiment_id, study_run_id
+    """Entry point of a spawned worker process; exits 130 when stopped by a signal and
+    `faults.EXIT_CODE` when stopped by a fault (`recovery.exit_stopped`)."""
+    with quiet_libraries(settings.results):
+        try:
+            tracker = Tracker(settings.tracking_uri, artifact_root=settings.artifact_root)
+            study = optuna.load_study(
+                study_name=settings.study_name,
+                storage=_open(settings),
+                pruner=make_pruner(settings.spec),
             )
-    except KeyboardInterrupt as err:
-        say(f"stopped: {err or 'interrupted'}", worker_prefix(worker, settings.workers))
-        raise SystemExit(130) from None
+            study.sampler = make_sampler(settings.spec, worker=worker, n_existing=len(study.trials))
+            with stop_signals(watch_parent=True):
+                _optimize(
+                    study, settings, worker, n_trials, run_factory, tracker, experiment_id,
+                    study_run_id,
+                )  # fmt: skip
+        except BaseException as err:
+            exit_stopped(err, worker_prefix(worker, settings.workers))
 
 
 def _optimize(
@@ -179,17 +252,33 @@ def _optimize(
         worker=worker,
     )
     progress = _Progress(n_trials, prefix=worker_prefix(worker, settings.workers))
+    run = _resumable(objective, worker_prefix(worker, settings.workers))
     if n_trials:
-        study.optimize(
-            objective, n_trials=n_trials, catch=(objective.divergence,), callbacks=[progress]
-        )
+        study.optimize(run, n_trials=n_trials, catch=(objective.divergence,), callbacks=[progress])
     # Retries queued meanwhile (a dead worker's trial, failed by its heartbeat) run here too.
     while not stop_requested() and any(
         "retry_history" in t.system_attrs
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     ):
         progress.n_trials += 1
-        study.optimize(objective, n_trials=1, catch=(objective.divergence,), callbacks=[progress])
+        study.optimize(run, n_trials=1, catch=(objective.divergence,), callbacks=[progress])
+
+
+def _resumable(objective: Objective, prefix: str) -> Callable[[optuna.Trial], float]:
+    """`objective`, and a trial that a fault stopped before its runs started (the MLflow
+    run could not be created, say) queued again as well: the objective's own stop path
+    covers its runs only."""
+
+    def run(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except KeyboardInterrupt as err:
+            fault = halted(err)
+            if fault is not None and not fault.trial_stopped:
+                stop_trial(trial, fault, lambda reason: None, prefix)
+            raise
+
+    return run
 
 
 class _Progress:

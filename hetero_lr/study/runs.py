@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hetero_lr.config import TrainConfig
+from hetero_lr.faults import DiskFull, full_folder, is_disk_full
 from hetero_lr.loggers import Logger
 from hetero_lr.scores import normalizer
 from hetero_lr.tracking import MlflowLogger, RunStatus, Tracker
@@ -148,7 +149,8 @@ class RunSlot:
 
         Trains in chunks of `recovery.CHUNK` steps and raises `recovery.Interrupted` between
         two when a stop was requested (the run is then at a clean step: it can be saved). A
-        step this slot evaluated before a resume returns the recorded score.
+        step this slot evaluated before a resume returns the recorded score. A full disk met
+        while training raises `faults.DiskFull`.
         """
         from hetero_lr.agent import DivergenceError
         from hetero_lr.study.recovery import CHUNK, check_stop
@@ -156,13 +158,19 @@ class RunSlot:
         assert self.run is not None, "RunSlot.advance before start"
         if step in self.steps:
             return self.scores[self.steps.index(step)]
-        while self.run.step < step:
-            check_stop()
-            try:
-                self.run.run_until(min(step, self.run.step + CHUNK))
-            except DivergenceError as err:  # say which of a trial's runs it was
-                raise DivergenceError(f"{self.cfg.env.id} seed {self.cfg.seed}: {err}") from None
-        score = self.transform(self.run.evaluate())
+        try:
+            while self.run.step < step:
+                check_stop()
+                try:
+                    self.run.run_until(min(step, self.run.step + CHUNK))
+                except DivergenceError as err:  # say which of a trial's runs it was
+                    msg = f"{self.cfg.env.id} seed {self.cfg.seed}: {err}"
+                    raise DivergenceError(msg) from None
+            score = self.transform(self.run.evaluate())
+        except OSError as err:  # e.g. an evaluation video on a full disk: a fault, not a crash
+            if is_disk_full(err):
+                raise DiskFull(full_folder(err), "a write during training failed") from err
+            raise
         self.steps.append(step)
         self.scores.append(score)
         return score

@@ -9,6 +9,8 @@ recorded and printed only through `masked`, which hides passwords.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import re
 import threading
 import time
@@ -20,7 +22,9 @@ from typing import Any, TypeVar
 import numpy as np
 import optuna
 from optuna.storages import RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from hetero_lr.faults import DiskFull, Unreachable, full_folder, is_disk_full, outage_patience
 from hetero_lr.study._console import say
 from hetero_lr.study.distinct import DistinctSampler
 from hetero_lr.study.runs import eval_steps
@@ -33,8 +37,6 @@ ACCEPTED_STORAGES = (
 )
 CONNECT_TIMEOUT = 10
 """Seconds a reachability check or a new database connection waits for an answer."""
-OUTAGE_PATIENCE = 300.0
-"""Seconds a storage call keeps retrying while the database cannot be reached."""
 
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)(?P<secret>[^\s/?#]*)@")
 _SECRET_QUERY = re.compile(
@@ -62,8 +64,9 @@ def open_storage(storage: str, **rdb_options: Any) -> optuna.storages.BaseStorag
     A database gets a `RetryingRDBStorage`: pooled connections are checked before use
     (`pool_pre_ping`, so a restarted database server costs nothing), new connections time out
     after `CONNECT_TIMEOUT`, and a call that cannot reach the database is retried for up to
-    `OUTAGE_PATIENCE` seconds. `rdb_options` go to `RDBStorage` (e.g. `heartbeat_interval`,
-    `grace_period`, `heartbeat_stale_trial_callback`).
+    `faults.outage_patience()` seconds. `rdb_options` go to `RDBStorage` (e.g.
+    `heartbeat_interval`, `grace_period`, `heartbeat_stale_trial_callback`). A journal file is
+    written by `SafeJournalFile`, which a full disk cannot leave half-written.
     """
     if storage.startswith("grpc://"):
         from optuna.storages import GrpcStorageProxy
@@ -75,10 +78,48 @@ def open_storage(storage: str, **rdb_options: Any) -> optuna.storages.BaseStorag
     if "://" in storage:
         return RetryingRDBStorage(storage, engine_kwargs=_engine_kwargs(storage), **rdb_options)
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(storage))
+    return JournalStorage(SafeJournalFile(storage))
+
+
+class SafeJournalFile(JournalFileBackend):
+    """Optuna's journal file, whose appends a full disk cannot leave half-written.
+
+    Optuna's `JournalFileBackend.append_logs` writes the new lines and fsyncs under the file's
+    lock; a write cut short by ENOSPC leaves a partial line, and the next append glues its own
+    line to it, which `read_logs` then refuses ("Invalid log format"), so the whole study would
+    no longer load. Here the file is cut back to its size before the append (still under the
+    lock, so nothing else was appended meanwhile), and a full disk raises `DiskFull`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = JournalFileSymlinkLock(path)  # Optuna's default lock, kept to append under
+        super().__init__(path, lock_obj=self.lock)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Append `logs` whole or not at all (`JournalFileBackend.append_logs`' format)."""
+        text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+        try:
+            self.lock.acquire()
+            try:
+                size = os.path.getsize(self.path)
+                try:
+                    with open(self.path, "ab") as f:
+                        f.write(text.encode("utf-8"))
+                        f.flush()
+                        os.fsync(f.fileno())
+                except BaseException:
+                    os.truncate(self.path, size)  # frees space, never needs it
+                    raise
+            finally:
+                self.lock.release()
+        except OSError as err:
+            if is_disk_full(err):
+                folder = full_folder(err, self.path)
+                raise DiskFull(folder, "an Optuna journal write failed") from err
+            raise
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -138,15 +179,20 @@ class RetryingRDBStorage(RDBStorage):
     """Optuna's `RDBStorage`, retrying calls that cannot reach the database for a while.
 
     Each call that fails with an outage (`is_outage`) is tried again with backoff (1 s doubling
-    to 30 s) for up to `patience` seconds; one line says so, and one more when the database
-    answers again. Calls nested inside a retried call are not retried again. A state change
-    that committed although its answer was lost is not applied twice: retrying it then raises
-    `UpdateFinishedTrialError`, which is read as success, so a trial is never finished twice.
-    Still an `RDBStorage`: Optuna caches it and runs heartbeats on it as on its own.
+    to 30 s) for up to `patience` seconds (default `faults.outage_patience()`); one line says
+    so, and one more when the database answers again. Past the window it raises `Unreachable`,
+    and until a call succeeds again the next outage error is not waited for (a stopping trial
+    then learns in seconds what it cannot record). A full disk (SQLite's "database or disk is
+    full") raises `DiskFull` at once. Calls nested inside a retried call are not retried
+    again. A state change that committed although its answer was lost is not applied twice:
+    retrying it then raises `UpdateFinishedTrialError`, which is read as success, so a trial is
+    never finished twice. Still an `RDBStorage`: Optuna caches it and runs heartbeats on it as
+    on its own.
     """
 
-    def __init__(self, url: str, *, patience: float = OUTAGE_PATIENCE, **kwargs: Any) -> None:
-        self._patience = patience
+    def __init__(self, url: str, *, patience: float | None = None, **kwargs: Any) -> None:
+        self._patience = outage_patience() if patience is None else patience
+        self._gave_up = False
         self._local = threading.local()
         self._retrying(lambda: RDBStorage.__init__(self, url, **kwargs), "connect")
 
@@ -175,15 +221,17 @@ class RetryingRDBStorage(RDBStorage):
                         raise
                     result = True  # the lost attempt had committed the state change
                 except Exception as err:
+                    if is_disk_full(err):
+                        folder = full_folder(err, self.url)
+                        raise DiskFull(folder, "an Optuna storage write failed") from err
                     if not is_outage(err):
                         raise
                     now = time.monotonic()
                     start = start or now
-                    if now - start >= self._patience:
-                        raise optuna.exceptions.StorageInternalError(
-                            f"storage {masked(self.url)} unreachable for {now - start:.0f}s "
-                            f"({_first_line(err)}); gave up"
-                        ) from err
+                    if self._gave_up or now - start >= self._patience:
+                        self._gave_up = True
+                        store = f"storage {masked(self.url)}"
+                        raise Unreachable(store, now - start, _first_line(err)) from err
                     if failed is None:
                         say(
                             f"storage {masked(self.url)} unreachable ({_first_line(err)}); "
@@ -193,6 +241,7 @@ class RetryingRDBStorage(RDBStorage):
                     time.sleep(min(wait, max(0.0, start + self._patience - now)))
                     wait = min(30.0, wait * 2)
                     continue
+                self._gave_up = False
                 if failed is not None:
                     say(
                         f"storage {masked(self.url)} reachable again after "
