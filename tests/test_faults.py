@@ -15,9 +15,11 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
@@ -505,6 +508,100 @@ def test_a_full_sqlite_storage_stops_at_once(tmp_path):
     assert optuna.load_study(study_name="s", storage=storage).user_attrs == {}
 
 
+# ---------------------------------------------------------------------------------------------
+# Claims: one taker per run, whatever the number of commands
+
+
+def _claims(path: Path, study: str = "s"):
+    """A command's view of `study`'s claims: its own storage object (its own journal writer, as
+    another process would have)."""
+    from hetero_lr.study.claims import Claims
+    from hetero_lr.study.storage import open_storage
+
+    return Claims(open_storage(str(path)), study)
+
+
+def test_claims_give_each_key_to_one_taker_and_back_when_released(tmp_path):
+    path = tmp_path / "optuna.journal"
+    one, two = _claims(path), _claims(path)
+    assert one.offer(["a", "b"]) == ["a", "b"]
+    assert two.offer(["b", "c"]) == ["c"]  # "b" is on offer already
+    a = one.take(["a", "b"])
+    b = two.take(["a", "b"])  # "a" is taken: the next one
+    assert (a.key, b.key) == ("a", "b")
+    assert one.take(["a", "b"]) is None and two.holders(["a", "b", "c"]).keys() == {"a", "b"}
+    one.release(a, "stopped")  # offered again, to resume
+    again = two.take(["a"])
+    assert again.key == "a"
+    two.done(b)
+    one.done(one.take(["c"]))
+    assert one.take(["a", "b", "c"]) is None  # done is done
+    one.drop()  # "a" is still taken: kept
+    assert "s/claims" in optuna.get_all_study_names(one.storage)
+    two.done(again)
+    one.drop()
+    assert "s/claims" not in optuna.get_all_study_names(one.storage)
+
+
+def test_a_key_offered_twice_at_once_is_still_taken_once(tmp_path):
+    from hetero_lr.study.claims import KEY
+
+    path = tmp_path / "optuna.journal"
+    one, two = _claims(path), _claims(path)
+    for claims in (one, two):  # both saw no claim of "a" and offered it
+        claims.study.enqueue_trial({}, user_attrs={KEY: "a"})
+    later = max(two._trials(), key=lambda t: t.number)
+    assert two._take(later) is None  # the later claim is dropped as a duplicate
+    first = one.take(["a"])
+    assert first is not None and first.number < later.number
+    assert two.take(["a"]) is None
+
+
+def test_a_claim_whose_process_is_gone_is_released(tmp_path):
+    from hetero_lr.study.claims import WORKER
+
+    path = tmp_path / "optuna.journal"
+    one = _claims(path)
+    one.offer(["a"])
+    claim = one.take(["a"])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    one.storage.set_trial_user_attr(claim.trial_id, WORKER, f"{socket.gethostname()}:{gone}")
+    assert _claims(path).recover() == ["a"]
+    assert _claims(path).take(["a"]) is not None
+
+
+def test_a_command_with_nothing_left_to_confirm_says_so_in_one_line(tmp_path, empty_db, capsys):
+    from fake_runs import fake_runs
+    from test_recovery import CONFIRM_SEEDS, CONFIRMED
+
+    from hetero_lr.study import main
+    from hetero_lr.study.confirm import _claim_key
+
+    (tmp_path / "results").mkdir()
+    shutil.copy(empty_db, tmp_path / "results" / "mlflow.db")
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(CONFIRMED))
+    argv = ["--study", str(tmp_path / "study.yaml"), "--results", str(tmp_path / "results")]
+    run = fake_runs(lambda cfg, step: float(step))
+    assert main([*argv, "--confirm", "0"], run_factory=run) == 0  # the search alone
+    other = _claims(tmp_path / "results" / "optuna.journal", "mlp:mlp__tiny")  # another command
+    keys = [_claim_key(f"confirm/mlp:mlp/CartPole-v1/{s}", 0, CONFIRM_SEEDS) for s in CONFIRM_SEEDS]
+    other.offer(keys)
+    held = [other.take([key]) for key in keys]
+    capsys.readouterr()
+    assert main(argv, run_factory=run) == 0
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if "confirmation:" in line]
+    assert line.endswith(f"nothing left for this command: 2 run(s) left, all being trained by "
+                         f"{socket.gethostname()}:{os.getpid()}")  # fmt: skip
+    assert "confirmed mlp:mlp" not in out and "Traceback" not in out
+    for claim in held:  # that command stops: the next start takes its runs
+        other.release(claim, "stopped")
+    assert main(argv, run_factory=run) == 0
+    assert "confirmation" in _journal_study(tmp_path / "results").user_attrs
+    assert "mlp:mlp__tiny/claims" not in optuna.get_all_study_names(other.storage)  # dropped
+
+
 def _journal_study(results: Path) -> optuna.Study:
     backend = optuna.storages.journal.JournalFileBackend(str(results / "optuna.journal"))
     return optuna.load_study(
@@ -681,3 +778,34 @@ def test_each_fault_stops_the_trial_in_one_line_and_the_same_command_resumes_it(
         for key, value in state.items():
             torch.testing.assert_close(value, reference[seed][key], rtol=0, atol=0)
     assert "Traceback" in (results / "study.log").read_text()  # the libraries' view, kept
+
+
+def test_two_confirming_commands_share_the_runs_and_train_each_once(tmp_path, empty_db):
+    from test_recovery import CONFIRM_SEEDS, CONFIRMED
+
+    first, second = CONFIRM_SEEDS
+    argv, environ, results = _fault_study(tmp_path, empty_db, CONFIRMED)
+    one = subprocess.Popen(argv, env=environ | {"HANG_SEED": str(first)},
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        while not Path(environ["READY"]).exists():  # the first is in its first confirmation run
+            assert one.poll() is None, one.stdout.read()
+            time.sleep(0.1)
+        two = subprocess.run(argv, env=environ, capture_output=True, text=True, timeout=600)
+        (tmp_path / "release").touch()
+        out, _ = one.communicate(timeout=600)
+    finally:
+        one.kill()
+    assert one.returncode == 0 and "Traceback" not in out, out
+    assert two.returncode == 0 and "Traceback" not in two.stdout + two.stderr, two.stdout
+    (line,) = _lines(two.stdout, "confirmation:")
+    assert f"1 run(s) being trained by {socket.gethostname()}:{one.pid}" in line
+    assert line.endswith("this command takes the other 1")
+    assert _lines(out, "confirmed mlp:mlp: c") == _lines(out, f"c0 seed={first} score")
+    assert _lines(two.stdout, "confirmed mlp:mlp: c") == _lines(two.stdout, f"c1 seed={second}")
+    record = _journal_study(results).user_attrs["confirmation"]["mlp:mlp"]
+    assert len(record["scores"]["CartPole-v1"]) == 2 and not record["failed"]
+    runs = [r for r in _mlflow_runs(results) if r.data.tags.get("hetero_lr.role") == "confirm"]
+    trained = sorted(int(r.data.tags["seed"]) for r in runs if "seed" in r.data.tags)
+    assert trained == sorted(CONFIRM_SEEDS)  # one run each: none trained twice
+    assert {r.info.status for r in runs} == {"FINISHED"}
