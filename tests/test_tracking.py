@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from mlflow import MlflowClient
@@ -173,6 +175,12 @@ def test_the_shared_view_format_is_the_one_the_installed_mlflow_ui_reads():
     for key in trials_view():
         assert f'"{key}"' in bundle, key
     assert "JSON.parse" in bundle and "workflowType" in bundle
+    # A shared view is ignored while the URL has any of the page's own query keys.
+    (facets,) = re.findall(r'=\[("searchFilter","orderByKey","orderByAsc"[^\]]*)\]', bundle)
+    facets = set(json.loads(f"[{facets}]"))
+    assert {"searchFilter", "orderByKey", "orderByAsc"} <= facets & set(trials_view())
+    link = trials_link("sqlite:///x.db", "1")
+    assert not facets & set(parse_qs(urlsplit(link).fragment.split("?", 1)[1]))
 
 
 def test_the_study_saves_its_trial_view_and_links_to_it(tmp_path):

@@ -33,7 +33,7 @@ from hetero_lr.study.recovery import (
 from hetero_lr.study.runs import RunFactory, RunSlot, eval_steps, used_params
 from hetero_lr.study.settings import StudySettings
 from hetero_lr.study.spec import Arm, suggest
-from hetero_lr.tracking import Tracker
+from hetero_lr.tracking import Tracker, readable
 
 # Optuna trial state -> MLflow run status.
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -143,7 +143,7 @@ class Objective:
             self._end(trial, run_id, "FAIL", f"objective is not finite ({value})")
         else:
             # At the runs' last agent step, as a seed run logs its own `objective`.
-            metric = Metric("objective", value, now_ms(), cfg.steps)
+            metric = Metric("objective", readable(value), now_ms(), cfg.steps)
             self.tracker.log_metrics(run_id, [metric])
             self._end(trial, run_id, "COMPLETE", f"objective {value:.4g}", value=value)
         return value
@@ -288,7 +288,7 @@ class Objective:
         mean = np.mean([scores for _, scores in runs.values()], axis=0)
         now = now_ms()
         metrics = [
-            Metric("eval/score_mean", float(v), now, int(step))
+            Metric("eval/score_mean", readable(float(v)), now, int(step))
             for step, v in zip(steps, mean, strict=True)
         ]
         self.tracker.log_metrics(run_id, metrics)

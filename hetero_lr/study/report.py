@@ -23,6 +23,7 @@ import numpy as np
 import optuna
 import pandas as pd
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from hetero_lr.page import Section, to_html
 from hetero_lr.tracking import run_link
@@ -98,6 +99,7 @@ def curves_figure(
         else:
             tail = f"{trial.value:.3g}"
         ax.set_title(f"{head}\n{tail}", fontsize="small")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.tick_params(labelsize="x-small")
         ax.grid(alpha=0.3)
         ax.xaxis.get_offset_text().set_fontsize("x-small")

@@ -34,7 +34,7 @@ from hetero_lr.stats import (
 from hetero_lr.study._console import now_ms, say
 from hetero_lr.study.report import log_report
 from hetero_lr.study.spec import recorded_config
-from hetero_lr.tracking import run_link
+from hetero_lr.tracking import readable, run_link
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -60,7 +60,7 @@ def finish_study(
         tags.update(
             {
                 "best.trial": best.number,
-                "best.value": best.value,
+                "best.value": readable(best.value),
                 "best.pairing": best.user_attrs.get("pairing", ""),
                 "best.tie": ", ".join(str(t.number) for t in tied) if len(tied) > 1 else "no",
             }
@@ -68,7 +68,7 @@ def finish_study(
         tags.update({f"best.{k}": v for k, v in best.params.items()})
         tracker.log_dict(run_id, _trial_record(study, best, tied), "best_trial.json")
         steps = study.user_attrs.get("settings", {}).get("config", {}).get("steps", 0)
-        tracker.log_metrics(run_id, [Metric("objective", best.value, now_ms(), steps)])
+        tracker.log_metrics(run_id, [Metric("objective", readable(best.value), now_ms(), steps)])
         lines.append(_winner_line(best, tied))
         rows = trial_comparisons(complete)
         log_trial_comparisons(tracker, rows, steps)
@@ -165,13 +165,6 @@ def with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row, adjusted in zip(tested, holm([r["p_value"] for r in tested]), strict=True):
         row["p_holm"] = float(adjusted)
     return rows
-
-
-def readable(value: float, digits: int = 4) -> float:
-    """`value` rounded to `digits` significant digits (MLflow and tables show no float noise)."""
-    if value != value or value in (float("inf"), float("-inf")) or value == 0:
-        return value
-    return float(f"{value:.{digits}g}")
 
 
 def log_trial_comparisons(tracker: Tracker, rows: list[dict[str, Any]], steps: int) -> None:
@@ -532,6 +525,38 @@ def objective_by_pairing(study: optuna.Study) -> Figure:
     return fig
 
 
+def intermediate_values(study: optuna.Study) -> Figure:
+    """What the pruner saw: each trial's reported values by agent step (runs by index under
+    the Wilcoxon pruner), labelled with its settings; pruned trials dashed."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
+    if not trials:
+        raise ValueError("no trial reported a value")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        shown = "".join(f" {k}={_fmt(v)}" for k, v in t.params.items() if k != "pair")
+        pruned = t.state == optuna.trial.TrialState.PRUNED
+        ax.plot(
+            steps,
+            [t.intermediate_values[s] for s in steps],
+            ls="--" if pruned else "-",
+            marker=".",
+            label=f"t{t.number} {t.user_attrs.get('pairing', '')}{shown}"
+            + (" (pruned)" if pruned else ""),
+        )
+    ax.set_xlabel("agent step (finished run's index under the Wilcoxon pruner)")
+    ax.set_ylabel("reported value (mean over runs)")
+    ax.set_title(f"{study.study_name}\nintermediate values", fontsize="medium")
+    if len(trials) <= 12:
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def searched_params(study: optuna.Study) -> list[str]:
     """Parameters that took more than one value among complete trials."""
     values: dict[str, set[Any]] = {}
@@ -548,7 +573,7 @@ def study_figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
         "figures/objective_by_pairing.png": lambda: objective_by_pairing(study),
         "figures/param_importances.png": lambda: ovm.plot_param_importances(study, params=params),
         "figures/optimization_history.png": lambda: ovm.plot_optimization_history(study),
-        "figures/intermediate_values.png": lambda: ovm.plot_intermediate_values(study),
+        "figures/intermediate_values.png": lambda: intermediate_values(study),
     }
     if {"kr", "kl"} <= set(params):
         figures["figures/kr_kl_contour.png"] = lambda: ovm.plot_contour(study, params=["kr", "kl"])
