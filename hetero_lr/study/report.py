@@ -63,8 +63,12 @@ def load_curves(
 def _band(ax: Axes, curves: Curves, color: str, **line: Any) -> None:
     """The mean over runs as a line, the range of the runs as a band."""
     steps, runs = curves
-    ax.fill_between(steps, runs.min(axis=0), runs.max(axis=0), color=color, alpha=0.2, lw=0)
-    ax.plot(steps, runs.mean(axis=0), color=color, **line)
+    low, mean, high = runs.min(axis=0), runs.mean(axis=0), runs.max(axis=0)
+    if len(steps) == 1:  # one evaluation: a point and its range
+        ax.errorbar(steps, mean, yerr=[mean - low, high - mean], fmt="o", color=color, capsize=3)
+        return
+    ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
+    ax.plot(steps, mean, color=color, **line)
 
 
 def curves_figure(
