@@ -508,6 +508,36 @@ def test_a_full_sqlite_storage_stops_at_once(tmp_path):
     assert optuna.load_study(study_name="s", storage=storage).user_attrs == {}
 
 
+def test_the_log_file_on_a_full_disk_drops_what_it_cannot_write(tmp_path, capsys):
+    import logging
+
+    from hetero_lr.study._console import quiet_libraries
+
+    class Full:
+        """A file on a full disk: every write and flush fails with ENOSPC."""
+
+        def __init__(self, file) -> None:
+            self.file = file
+
+        def write(self, text: str = "") -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        flush = write
+
+        def close(self) -> None:
+            self.file.close()
+            self.flush()
+
+    optuna_log = logging.getLogger("optuna")
+    with quiet_libraries(tmp_path) as path:
+        optuna_log.warning("kept")
+        handler = optuna_log.handlers[0]
+        handler.stream = Full(handler.stream)
+        optuna_log.warning("lost")  # neither this nor closing the file prints anything
+    assert path.read_text().count("kept") == 1 and "lost" not in path.read_text()
+    assert capsys.readouterr() == ("", "")
+
+
 # ---------------------------------------------------------------------------------------------
 # Claims: one taker per run, whatever the number of commands
 

@@ -54,6 +54,12 @@ class _LogFile(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         """Drop the record."""
 
+    def close(self) -> None:
+        """Close the file; what its buffer still holds is dropped if the disk is full."""
+        # The buffer's flush may fail; the file itself is closed all the same.
+        with contextlib.suppress(OSError):
+            super().close()
+
 
 @contextlib.contextmanager
 def quiet_libraries(folder: str | Path) -> Iterator[Path]:
