@@ -112,6 +112,9 @@ def test_mini_study_end_to_end(tmp_path, results, capsys):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert {"best_trial.json", "trials.csv", "study.yaml"} <= artifacts
+    table = Path(client.download_artifacts(parent.info.run_id, "trials.csv")).read_text()
+    values = [float(line.split(",")[1]) for line in table.splitlines()[1:]]  # `value` column
+    assert values == [readable(t.value) for t in trials]  # 4 digits, no float noise
     assert "figures/objective_by_pairing.png" in figures
     if len({t.value for t in trials}) == 1:  # untrained agents can all score the same
         assert "objective constant" in parent.data.tags["figures.skipped"]

@@ -94,7 +94,8 @@ def finish_study(
         description += ["Confirmation (fresh seeds):", *(f"- {_table_line(r)}" for r in confirmed)]
     log_report(study, tracker, run_id, rows, lines)
     description.append("The report with every trial's curve beside its baseline's: `report.html`.")
-    tracker.log_text(run_id, study.trials_dataframe().to_csv(index=False), "trials.csv")
+    trials = study.trials_dataframe().map(lambda v: readable(v) if isinstance(v, float) else v)
+    tracker.log_text(run_id, trials.to_csv(index=False), "trials.csv")
     tracker.log_table(run_id, results_table(study), "results.json")
     tracker.describe(run_id, "\n\n".join(line for line in description if line))
     tracker.set_tags(run_id, tags)
