@@ -72,7 +72,8 @@ def load_study_data(
     check_storage_url(storage)
     try:
         optuna_storage = open_storage(storage)
-        names = optuna.get_all_study_names(optuna_storage)
+        # `STUDY/claims` holds an unfinished confirmation's claims, not results.
+        names = [n for n in optuna.get_all_study_names(optuna_storage) if not n.endswith("/claims")]
     except (SQLAlchemyError, OSError) as err:
         raise ValueError(f"cannot read the Optuna storage {storage}: {_first_line(err)}") from None
     if study_name is None:
