@@ -20,7 +20,7 @@ from hetero_lr.config import TrainConfig
 from hetero_lr.faults import DiskFull, full_folder, is_disk_full
 from hetero_lr.loggers import Logger
 from hetero_lr.scores import normalizer
-from hetero_lr.tracking import MlflowLogger, RunStatus, Tracker, readable
+from hetero_lr.tracking import MlflowLogger, RunStatus, Tracker
 
 
 class RunLike(Protocol):
@@ -203,7 +203,7 @@ class RunSlot:
         """Record the run's score, end its MLflow run FINISHED, free it; returns the score."""
         score = self.final_score(last)
         assert self.logger is not None
-        self.logger.log_metrics({"objective": readable(score)}, self.steps[-1])
+        self.logger.log_metrics({"objective": score}, self.steps[-1])  # exact: analysis reads it
         self.end("FINISHED", f"score {score:.4g} (mean of the last {last} evaluations)")
         number, rest = self.name.split(" ", 1)  # the outcome where the narrow column shows it
         self.tracker.rename(self.logger.run_id, f"{number} [{score:.3g}] {rest}")
