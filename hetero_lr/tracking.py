@@ -19,13 +19,12 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import os
 import random
 import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,7 +32,6 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import (
     MAX_METRICS_PER_BATCH,
@@ -278,21 +276,6 @@ def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     )
 
 
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """MLflow draws a download progress bar on the console unless this variable says no."""
-    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
-    before = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def sqlite_path(tracking_uri: str) -> Path | None:
     """The database file of a `sqlite:///PATH` tracking URI, None for other URIs."""
     if not tracking_uri.startswith("sqlite:///"):
@@ -458,7 +441,7 @@ class Tracker:
         names = {a.path for a in self.retry(self.client.list_artifacts, run_id)}
         if artifact_file not in names:
             return None
-        with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
+        with tempfile.TemporaryDirectory() as folder:  # a study runs with the bar off
             path = self.retry(self.client.download_artifacts, run_id, artifact_file, folder)
             return json.loads(Path(path).read_text())
 

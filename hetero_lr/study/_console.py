@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 LOG = "hetero_lr"
 """This package's logger: what a stop or a fault could not record goes there (the log file)."""
@@ -21,6 +22,11 @@ LOG_FILE = "study.log"
 # (schema creation, "SQLAlchemy database error" with a traceback), Python warnings.
 _LIBRARY_LOGGERS = ("optuna", "mlflow", "alembic", "sqlalchemy", "huey", "py.warnings", LOG)
 _NO_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # read by MLflow at each transfer
+
+
+def short(value: Any) -> str:
+    """A setting as lines and titles show it: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def say(text: str, prefix: str = "") -> None:

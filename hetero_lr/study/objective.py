@@ -21,7 +21,7 @@ import optuna
 from mlflow.entities import Metric
 
 from hetero_lr.config import TrainConfig, flatten
-from hetero_lr.study._console import now_ms, say, worker_prefix
+from hetero_lr.study._console import now_ms, say, short, worker_prefix
 from hetero_lr.study.recovery import (
     Interrupted,
     TrialCheckpoints,
@@ -78,7 +78,7 @@ class Objective:
         history = record.system_attrs.get("retry_history") or []
         self.resumes = history[-1] if history else None  # the trial this one retries
         self.checkpoints = TrialCheckpoints(self.s.checkpoints, self.s.study_name, origin(record))
-        shown = "".join(f" {k}={_fmt(v)}" for k, v in trial.params.items() if k != "pair")
+        shown = "".join(f" {k}={short(v)}" for k, v in trial.params.items() if k != "pair")
         say(
             f"trial {trial.number} started: {arm.label}{shown} ({len(runs)} runs)",
             worker_prefix(self.worker, self.s.workers),
@@ -325,7 +325,3 @@ class Objective:
         self.tracker.rename(run_id, f"{number} [{outcome}] {rest}")
         end_reason = None if state == "COMPLETE" else reason
         self.tracker.end_run(run_id, status or _STATUS[state], end_reason)  # type: ignore[arg-type]
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

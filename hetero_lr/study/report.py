@@ -26,6 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from hetero_lr.page import Section, to_html
+from hetero_lr.study._console import short
 from hetero_lr.tracking import run_link
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def curves_figure(
         if base is not None and base in curves:
             _band(ax, curves[base], "0.35", ls="--")
         _band(ax, curves[trial.number], "tab:blue")
-        shown_params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items() if k != "pair")
+        shown_params = " ".join(f"{k}={short(v)}" for k, v in trial.params.items() if k != "pair")
         head = f"t{trial.number} {trial.user_attrs.get('pairing', '')} {shown_params}".strip()
         if trial.state != optuna.trial.TrialState.COMPLETE:
             tail = trial.state.name.lower()
@@ -121,10 +122,6 @@ def curves_figure(
     return fig
 
 
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
 def comparison_frame(
     rows: list[dict[str, Any]], trials: dict[int, optuna.trial.FrozenTrial], tracking_uri: str
 ) -> pd.DataFrame:
@@ -140,9 +137,7 @@ def comparison_frame(
         entry = {
             "trial": name,
             "pairing": row["pairing"],
-            "settings": " ".join(
-                f"{k}={_short(v)}" for k, v in trial.params.items() if k != "pair"
-            ),
+            "settings": " ".join(f"{k}={short(v)}" for k, v in trial.params.items() if k != "pair"),
             "runs": row["runs"],
             "objective [95% CI]": _interval(
                 row["objective"], row["objective_ci_low"], row["objective_ci_high"]

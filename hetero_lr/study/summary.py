@@ -31,7 +31,7 @@ from hetero_lr.stats import (
     overlapping,
     stratified_bootstrap_ci,
 )
-from hetero_lr.study._console import now_ms, say
+from hetero_lr.study._console import now_ms, say, short
 from hetero_lr.study.report import log_report
 from hetero_lr.study.spec import recorded_config
 from hetero_lr.tracking import readable, run_link
@@ -535,7 +535,7 @@ def intermediate_values(study: optuna.Study) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
     for t in trials:
         steps = sorted(t.intermediate_values)
-        shown = "".join(f" {k}={_fmt(v)}" for k, v in t.params.items() if k != "pair")
+        shown = "".join(f" {k}={short(v)}" for k, v in t.params.items() if k != "pair")
         pruned = t.state == optuna.trial.TrialState.PRUNED
         ax.plot(
             steps,
@@ -552,10 +552,6 @@ def intermediate_values(study: optuna.Study) -> Figure:
         ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def searched_params(study: optuna.Study) -> list[str]:
